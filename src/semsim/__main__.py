@@ -1,0 +1,3 @@
+from semsim.cli import main
+
+main()

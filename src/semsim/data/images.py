@@ -1,0 +1,94 @@
+"""Image files <-> tensors. The library's convention is float32 NCHW RGB in [0, 1]; this is the edge.
+
+Grayscale is expanded to three channels; an alpha channel is dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from semsim.errors import SemsimError
+from semsim.io import atomic_write
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+def read_array(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to a uint8 HxWx3 RGB array."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                warnings.warn(f"{path}: alpha channel dropped", stacklevel=3)
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            arr = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise SemsimError(f"{path}: no such image file; check the path or the manifest row") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SemsimError(f"{path}: not a readable image ({exc}); replace or remove the file, or pass --skip-bad") from None
+    return arr
+
+
+def to_tensor(arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 array(s) -> float32 (N)CHW tensor in [0, 1]."""
+    stacked = np.stack(arrays) if not isinstance(arrays, np.ndarray) else arrays
+    t = torch.from_numpy(np.ascontiguousarray(stacked))
+    t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t.permute(2, 0, 1)
+    return t.float().div_(255.0)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Load one image as a float32 CHW tensor in [0, 1]."""
+    return to_tensor(read_array(path))
+
+
+def read_arrays(paths: Sequence[str | os.PathLike], workers: int | None = None) -> list[np.ndarray]:
+    """Decode many files in parallel threads (PIL releases the GIL while decoding)."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    if workers <= 1 or len(paths) < 16:
+        return [read_array(p) for p in paths]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(read_array, paths, chunksize=max(1, len(paths) // (4 * workers))))
+
+
+def load_images(paths: Sequence[str | os.PathLike], workers: int | None = None) -> torch.Tensor:
+    """Load same-sized images as one float32 NCHW tensor in [0, 1]."""
+    arrays = read_arrays(paths, workers)
+    first = arrays[0].shape if arrays else None
+    for path, arr in zip(paths, arrays):
+        if arr.shape != first:
+            raise SemsimError(
+                f"{path}: size {arr.shape[1]}x{arr.shape[0]} differs from {first[1]}x{first[0]} of {paths[0]}; "
+                "bring the images to one size"
+            )
+    return to_tensor(arrays)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """float CHW tensor in [0, 1] -> uint8 HxWx3 array (values are clamped, then rounded)."""
+    if image.ndim != 3:
+        raise ValueError(f"expected a CHW image, got shape {tuple(image.shape)}")
+    arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+    if arr.shape[0] == 1:
+        arr = arr.expand(3, -1, -1)
+    return arr.permute(1, 2, 0).cpu().numpy()
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> Path:
+    """Save a CHW [0, 1] tensor as an image file (format from the suffix), atomically."""
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise SemsimError(f"{path}: unknown image format; use .png")
+    with atomic_write(path) as tmp:
+        Image.fromarray(to_uint8(image)).save(tmp, format=fmt)
+    return path

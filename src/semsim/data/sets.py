@@ -1,0 +1,214 @@
+"""Reconstruction sets: pairs of (original, reconstruction) of one victim configuration.
+
+A set travels as a *manifest* (see docs/contracts.md): one row per pair with ``set, image_id, original,
+reconstruction[, label, status, ...]``. Pairs are matched by id, never by listing order. Three inputs are
+understood:
+
+* the SemSim layout: ``{id}_{label}_ori.png`` next to ``{id}_{label}_rec.png`` in one folder, or the originals
+  in a sibling ``<folder>_ori`` folder;
+* two folders whose files are matched by file stem (or by the SemSim id when both use the SemSim names);
+* a manifest CSV/Parquet.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from semsim.data.images import IMAGE_SUFFIXES
+from semsim.errors import SemsimError
+from semsim.io import TABLE_SUFFIXES, read_table, write_table
+
+MANIFEST_COLUMNS = ("set", "image_id", "original", "reconstruction")
+SIDE_FILE_SUFFIXES = TABLE_SUFFIXES + (".json", ".yaml", ".yml", ".md", ".txt", ".log", ".tmp")
+SEMSIM_NAME = re.compile(r"^(?P<idx>-?\d+)_(?P<label>-?\d+)_(?P<kind>ori|rec)$")
+
+
+def _image_files(folder: Path) -> dict[str, Path]:
+    """Map stem -> path for the images of ``folder``; refuse empty folders and stray non-image files."""
+    if not folder.is_dir():
+        raise SemsimError(f"{folder}: no such folder; give a folder of images or a manifest .csv/.parquet")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in SIDE_FILE_SUFFIXES:
+            continue
+        if suffix not in IMAGE_SUFFIXES:
+            raise SemsimError(f"{path}: not an image file; move it out of {folder} or pass --skip-bad")
+        if path.stem in files:
+            raise SemsimError(f"{path}: two images share the stem '{path.stem}' in {folder}; keep one")
+        files[path.stem] = path
+    if not files:
+        raise SemsimError(f"{folder}: no image files found; point to the folder that holds the images")
+    return files
+
+
+def _semsim_parts(stem: str) -> tuple[str, int, str] | None:
+    m = SEMSIM_NAME.match(stem)
+    if m is None:
+        return None
+    return f"{m['idx']}_{m['label']}", int(m["label"]), m["kind"]
+
+
+def _pair_rows(originals: dict[str, Path], reconstructions: dict[str, Path]) -> list[dict]:
+    """Pair by SemSim id (when every name follows the layout) or by file stem."""
+    ori_parts = {s: _semsim_parts(s) for s in originals}
+    rec_parts = {s: _semsim_parts(s) for s in reconstructions}
+    semsim_layout = all(p and p[2] == "ori" for p in ori_parts.values()) and all(
+        p and p[2] == "rec" for p in rec_parts.values()
+    )
+    rows = []
+    if semsim_layout:
+        ori_by_id = {ori_parts[s][0]: p for s, p in originals.items()}
+        rec_by_id = {rec_parts[s][0]: (p, rec_parts[s][1]) for s, p in reconstructions.items()}
+        for image_id, (rec_path, label) in rec_by_id.items():
+            rows.append({"image_id": image_id, "original": ori_by_id.get(image_id), "reconstruction": rec_path,
+                         "label": label})
+        orphans = sorted(set(ori_by_id) - set(rec_by_id))
+        rows += [{"image_id": i, "original": ori_by_id[i], "reconstruction": None,
+                  "label": int(i.split("_")[1])} for i in orphans]
+    else:
+        for stem in sorted(set(originals) | set(reconstructions)):
+            rows.append({"image_id": stem, "original": originals.get(stem),
+                         "reconstruction": reconstructions.get(stem)})
+    return rows
+
+
+def _check_pair(row: dict) -> str | None:
+    """Return why a pair is unusable (missing partner, unreadable file, size mismatch), or None."""
+    if row["original"] is None:
+        return f"{row['reconstruction']}: no original with id '{row['image_id']}'; add it or remove the reconstruction"
+    if row["reconstruction"] is None:
+        return f"{row['original']}: no reconstruction with id '{row['image_id']}'; add it or remove the original"
+    sizes = []
+    for key in ("original", "reconstruction"):
+        path = Path(row[key])
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except FileNotFoundError:
+            return f"{path}: no such file (image '{row['image_id']}'); fix the path"
+        except (UnidentifiedImageError, OSError) as exc:
+            return f"{path}: not a readable image ({exc}); replace the file"
+    if sizes[0] != sizes[1]:
+        return (f"{row['reconstruction']}: size {sizes[1][0]}x{sizes[1][1]} differs from its original's "
+                f"{sizes[0][0]}x{sizes[0][1]}; resize one of them")
+    return None
+
+
+def _finish(rows: list[dict], skip_bad: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    good, bad = [], []
+    for row in rows:
+        reason = _check_pair(row)
+        if reason is None:
+            good.append(row)
+        elif skip_bad:
+            bad.append({**row, "status": f"skipped: {reason}"})
+        else:
+            raise SemsimError(reason + " (or pass --skip-bad to record and skip it)")
+    if not good:
+        raise SemsimError("no usable (original, reconstruction) pairs were found")
+    cols = ["set", "image_id", "original", "reconstruction"]
+    df = pd.DataFrame(good)
+    for c in ("original", "reconstruction"):
+        df[c] = df[c].map(lambda p: str(p) if p is not None else None)
+    skipped = pd.DataFrame(bad, columns=[*cols, "label", "status"]) if bad else pd.DataFrame(columns=[*cols, "status"])
+    for c in ("original", "reconstruction"):
+        skipped[c] = skipped[c].map(lambda p: str(p) if p is not None else None)
+    return df, skipped
+
+
+def ingest(
+    source: str | os.PathLike,
+    reconstructions: str | os.PathLike | None = None,
+    set_name: str | None = None,
+    skip_bad: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Build a manifest from a manifest file, a SemSim-layout folder, or two folders.
+
+    Returns ``(manifest, skipped)``: the usable pairs (absolute paths) and, with ``skip_bad``, the pairs left
+    out with the reason in ``status``. Without ``skip_bad`` the first bad pair raises :class:`SemsimError`.
+    """
+    source = Path(source)
+    if source.suffix.lower() in TABLE_SUFFIXES:
+        if reconstructions is not None:
+            raise SemsimError(f"{source}: a manifest already names the reconstructions; pass it alone")
+        manifest = read_manifest(source)
+        if set_name:
+            manifest["set"] = set_name
+        ok = manifest["status"].fillna("ok").eq("ok") if "status" in manifest else pd.Series(True, manifest.index)
+        failed = manifest[~ok]
+        rows = manifest[ok].to_dict("records")
+        df, skipped = _finish(rows, skip_bad)
+        return df, pd.concat([failed, skipped], ignore_index=True) if len(failed) else skipped
+
+    if reconstructions is None:
+        rec_folder = source
+        files = _image_files(source)
+        ori = {s: p for s, p in files.items() if s.endswith("_ori")}
+        rec = {s: p for s, p in files.items() if s.endswith("_rec")}
+        sibling = source.parent / f"{source.name}_ori"
+        if not ori and sibling.is_dir():
+            ori = _image_files(sibling)
+        if not rec:
+            raise SemsimError(f"{source}: no '*_rec' images; give ORIGINALS and RECONSTRUCTIONS folders, "
+                              "or a folder in the SemSim layout ({id}_{label}_ori.png / {id}_{label}_rec.png)")
+        if not ori:
+            raise SemsimError(f"{source}: no '*_ori' images here nor in {sibling}; add the originals")
+    else:
+        rec_folder = Path(reconstructions)
+        ori, rec = _image_files(source), _image_files(rec_folder)
+    rows = _pair_rows(ori, rec)
+    name = set_name or rec_folder.resolve().name
+    for row in rows:
+        row["set"] = name
+    df, skipped = _finish(rows, skip_bad)
+    order = [c for c in ("set", "image_id", "original", "reconstruction", "label") if c in df.columns]
+    return df[order].reset_index(drop=True), skipped
+
+
+def resolve_paths(df: pd.DataFrame, base: str | os.PathLike) -> pd.DataFrame:
+    """Make relative ``original``/``reconstruction`` paths absolute against ``base`` (the manifest's folder)."""
+    base = Path(base).resolve()
+    out = df.copy()
+    for col in ("original", "reconstruction"):
+        if col in out:
+            out[col] = out[col].map(lambda p: p if pd.isna(p) else str((base / str(p)) if not os.path.isabs(p) else p))
+    return out
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a manifest and resolve its paths against its own folder."""
+    path = Path(path)
+    df = read_table(path, required=MANIFEST_COLUMNS)
+    df["set"] = df["set"].astype(str)
+    df["image_id"] = df["image_id"].astype(str)
+    dupes = df.duplicated(["set", "image_id"])
+    if dupes.any():
+        row = df[dupes].iloc[0]
+        raise SemsimError(f"{path}: image_id '{row['image_id']}' appears twice in set '{row['set']}'; ids must be unique")
+    return resolve_paths(df, path.parent)
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a manifest atomically, storing paths relative to its folder where they lie below it."""
+    path = Path(path)
+    base = path.parent.resolve()
+    out = df.copy()
+    for col in ("original", "reconstruction"):
+        if col in out:
+            out[col] = out[col].map(lambda p: p if pd.isna(p) else _relative(Path(p), base))
+    return write_table(out, path)
+
+
+def _relative(p: Path, base: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(base))
+    except ValueError:
+        return str(p.resolve())

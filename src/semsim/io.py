@@ -1,0 +1,84 @@
+"""Atomic file output and table I/O (CSV or Parquet, chosen by suffix).
+
+Everything the toolkit writes goes through :func:`atomic_write`: the data lands in a temporary file in the
+destination folder and is renamed into place, so an interrupted run never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from semsim.errors import SemsimError
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _table_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise SemsimError(f"{path}: unknown table format '{suffix}'; use a .csv or .parquet file name")
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` atomically as CSV or Parquet (by the suffix of ``path``)."""
+    path = Path(path)
+    fmt = _table_format(path)
+    with atomic_write(path) as tmp:
+        if fmt == "csv":
+            df.to_csv(tmp, index=False)
+        else:
+            df.to_parquet(tmp, index=False)
+    return path
+
+
+def read_table(path: str | os.PathLike, required: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read a CSV or Parquet table and check that ``required`` columns are present."""
+    path = Path(path)
+    if not path.is_file():
+        raise SemsimError(f"{path}: no such file; give the path of a .csv or .parquet table")
+    fmt = _table_format(path)
+    try:
+        df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+    except Exception as exc:  # pandas raises many types for malformed files
+        raise SemsimError(f"{path}: cannot be read as {fmt} ({exc.__class__.__name__}: {exc})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise SemsimError(
+            f"{path}: missing column(s) {', '.join(missing)}; the table needs {', '.join(required)}"
+        )
+    return df
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    return path

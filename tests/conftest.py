@@ -1,0 +1,29 @@
+"""Shared fixtures: the real data in ../shared/data (tests skip with a reason when it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(os.environ.get("SEMSIM_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's real data folder; skips the test when it is not there."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (set SEMSIM_SHARED_DATA to its path)")
+    return SHARED_DATA.resolve()
+
+
+def shared_path(*parts: str) -> Path:
+    """A path inside the shared data folder, skipping the test when it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent from the shared data folder")
+    return path.resolve()
