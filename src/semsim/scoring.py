@@ -1,7 +1,8 @@
 """Score reconstruction sets: manifest in, per-image and per-set tables out (docs/contracts.md, section 2).
 
-Images are decoded in a background thread while the previous batch is scored, so the metric panel costs
-little beyond reading the files. Pairs of one batch are grouped by image size and scored in torch.
+Images are decoded on both cores (worker processes for big manifests) while the previous batch is scored,
+so the metric panel costs little beyond reading the files. Pairs of one batch are grouped by image size and
+scored in torch.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from semsim.data.images import read_arrays, to_tensor
+from semsim.data.images import DecodePool, read_arrays, to_tensor
 from semsim.errors import SemsimError
 from semsim.metrics.registry import MetricUnavailable, create, list_metrics, metric_info
 from semsim.progress import progress
+
+_PROCESS_DECODE_MIN = 256  # pairs from which decoding in worker processes pays for starting them
 
 
 @dataclass
@@ -53,18 +56,19 @@ def _as_columns(name: str, value) -> dict[str, torch.Tensor]:
     return value if isinstance(value, dict) else {name: value}
 
 
-def _load_batch(rows: pd.DataFrame, skip_bad: bool) -> tuple[list[np.ndarray], list[np.ndarray], list[str | None]]:
+def _load_batch(rows: pd.DataFrame, skip_bad: bool, decoder: DecodePool
+                ) -> tuple[list[np.ndarray], list[np.ndarray], list[str | None]]:
     """Decode the originals and reconstructions of ``rows``; errors become reasons with ``skip_bad``."""
     paths = list(rows["original"]) + list(rows["reconstruction"])
     try:
-        arrays = read_arrays(paths, workers=2)
+        arrays = decoder.read(paths)
         n = len(rows)
         return arrays[:n], arrays[n:], [None] * n
     except SemsimError:
         if not skip_bad:
             raise
     ori, rec, why = [], [], []
-    for o, r in zip(rows["original"], rows["reconstruction"]):
+    for o, r in zip(rows["original"], rows["reconstruction"], strict=True):
         try:
             a, b = read_arrays([o, r], workers=1)
             reason = None if a.shape == b.shape else f"{r}: size differs from its original {o}"
@@ -77,29 +81,50 @@ def _load_batch(rows: pd.DataFrame, skip_bad: bool) -> tuple[list[np.ndarray], l
     return ori, rec, why
 
 
-def score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], *, device: str | torch.device = "cpu",
-                   batch_size: int = 256, skip_bad: bool = False, show_progress: bool = True,
-                   n_bootstrap: int = 1000, seed: int = 0) -> ScoreResult:
-    """Score every pair of ``manifest`` with ``metrics`` (built by :func:`build_metrics`)."""
+def score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], *,
+                   device: str | torch.device = "cpu", batch_size: int = 256, skip_bad: bool = False,
+                   show_progress: bool = True, n_bootstrap: int = 1000, seed: int = 0) -> ScoreResult:
+    """Score every pair of ``manifest`` with ``metrics`` (built by :func:`build_metrics`).
+
+    On the CPU, a panel of memory-bound metrics (each declaring ``cpu_threads = 1``, like the pixel metrics)
+    runs on one torch thread, so that the other core keeps decoding images instead of fighting OpenMP.
+    """
     device = torch.device(device)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and metrics and all(getattr(m, "cpu_threads", 0) == 1 for m in metrics.values()):
+        torch.set_num_threads(1)
+    try:
+        return _score_manifest(manifest, metrics, device, batch_size, skip_bad, show_progress, n_bootstrap,
+                               seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], device: torch.device,
+                    batch_size: int, skip_bad: bool, show_progress: bool, n_bootstrap: int, seed: int
+                    ) -> ScoreResult:
     image_metrics = {n: m for n, m in metrics.items() if metric_info(n).level == "image"}
     set_metrics = {n: m for n, m in metrics.items() if metric_info(n).level == "set"}
     has_labels = "label" in manifest.columns
     per_image, per_set, skipped = [], [], []
     bar = progress(total=len(manifest), desc="scoring", unit="pair", enabled=show_progress)
-    with ThreadPoolExecutor(1) as loader:
+    # decoding runs on both cores (worker processes for big manifests) while the main thread scores
+    processes = len(manifest) >= _PROCESS_DECODE_MIN
+    with ThreadPoolExecutor(1) as loader, DecodePool(2, processes=processes) as decoder:
         for set_name, group in manifest.groupby("set", sort=False):
             for m in set_metrics.values():
                 m.reset()
             set_rows = []
+            update_order: list[int] = []  # row of set_table for each pair, in the order set metrics saw them
             starts = list(range(0, len(group), batch_size))
-            pending = loader.submit(_load_batch, group.iloc[:batch_size], skip_bad) if starts else None
+            first = group.iloc[:batch_size]
+            pending = loader.submit(_load_batch, first, skip_bad, decoder) if starts else None
             for i, start in enumerate(starts):
                 rows = group.iloc[start:start + batch_size]
                 ori, rec, why = pending.result()
                 if i + 1 < len(starts):
                     nxt = group.iloc[starts[i + 1]:starts[i + 1] + batch_size]
-                    pending = loader.submit(_load_batch, nxt, skip_bad)
+                    pending = loader.submit(_load_batch, nxt, skip_bad, decoder)
                 values: dict[str, np.ndarray] = {}
                 keep = [j for j, w in enumerate(why) if w is None]
                 for j, w in enumerate(why):
@@ -108,16 +133,21 @@ def score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], 
                 by_shape: dict[tuple, list[int]] = {}
                 for j in keep:
                     by_shape.setdefault(ori[j].shape, []).append(j)
+                offset = sum(len(t) for t in set_rows)
+                position = {j: offset + p for p, j in enumerate(keep)}
                 cols: dict[str, np.ndarray] = {}
                 for idx in by_shape.values():
+                    update_order.extend(position[j] for j in idx)
                     x = to_tensor([ori[j] for j in idx]).to(device)
                     y = to_tensor([rec[j] for j in idx]).to(device)
                     sub = rows.iloc[idx]
-                    labels = torch.tensor(sub["label"].to_numpy(dtype=np.int64), device=device) if has_labels else None
+                    labels = (torch.tensor(sub["label"].to_numpy(dtype=np.int64), device=device)
+                              if has_labels else None)
                     keys = list(sub["original"])
                     with torch.no_grad():
                         for name, metric in image_metrics.items():
-                            for col, v in _as_columns(name, metric(x, y, labels=labels, original_keys=keys)).items():
+                            out = metric(x, y, labels=labels, original_keys=keys)
+                            for col, v in _as_columns(name, out).items():
                                 arr = cols.setdefault(col, np.full(len(rows), np.nan))
                                 arr[idx] = v.detach().double().cpu().numpy()
                         for metric in set_metrics.values():
@@ -130,14 +160,16 @@ def score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], 
                 bar.update(len(rows))
             set_table = pd.concat(set_rows, ignore_index=True) if set_rows else pd.DataFrame()
             set_values: dict[str, float] = {}
-            for name, metric in set_metrics.items():
+            for metric in set_metrics.values():
                 if len(set_table) == 0:
                     continue
                 with torch.no_grad():
                     set_values.update(metric.compute())
                     if hasattr(metric, "per_image"):
                         for col, v in metric.per_image().items():
-                            set_table[col] = v.detach().double().cpu().numpy()
+                            arr = np.full(len(set_table), np.nan)
+                            arr[update_order] = v.detach().double().cpu().numpy()
+                            set_table[col] = arr
             per_image.append(set_table)
             per_set.append(summarize_set(str(set_name), set_table, set_values, n_bootstrap, seed))
     bar.close()

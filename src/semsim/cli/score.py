@@ -10,9 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from semsim.analysis.calibration import apply_calibration, load_calibration
 from semsim.data.sets import ingest
 from semsim.errors import SemsimError
 from semsim.io import write_table
+from semsim.learned.metric import annotate_provenance
+from semsim.metrics.model_based import EVALUATOR_METRICS
 from semsim.scoring import build_metrics, default_metric_names, score_manifest
 
 
@@ -53,15 +56,36 @@ def score(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="record and skip unusable pairs")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    evaluator: Annotated[Path | None, typer.Option(help="evaluation classifier checkpoint: adds mr, iip and "
+                                                   "feature_distance to the panel")] = None,
+    semsim_model: Annotated[Path | None, typer.Option("--semsim", help="SemSim model folder (semsim train): "
+                                                      "adds the semsim column")] = None,
+    calibration: Annotated[Path | None, typer.Option(help="calibration file (semsim calibrate): adds "
+                                                     "p_recognized and per-set expected recognition rates"
+                                                     )] = None,
 ) -> None:
     """Score reconstructions against their originals with the metric panel."""
+    cal = load_calibration(calibration) if calibration is not None else None
     manifest, skipped = ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad)
     names = [m.strip() for m in metrics.split(",")] if metrics else default_metric_names()
-    built, notes = build_metrics(names, device=device)
+    if evaluator is not None and not metrics:
+        names += [n for n in EVALUATOR_METRICS if n not in names]
+    with_evaluator = {n: {"evaluator": evaluator} for n in EVALUATOR_METRICS} if evaluator is not None else {}
+    if semsim_model is not None:
+        names += [] if "semsim" in names else ["semsim"]
+        with_evaluator["semsim"] = {"model": semsim_model}
+    built, notes = build_metrics(names, device=device, **with_evaluator)
+    if "semsim" in built and built["semsim"].provenance_note():
+        notes.append(built["semsim"].provenance_note())
     if not built:
         raise SemsimError("none of the requested metrics can run here: " + "; ".join(notes))
     result = score_manifest(manifest, built, device=device, batch_size=batch_size, skip_bad=skip_bad,
                             show_progress=not quiet)
+    if "semsim" in built:  # the per-set table says whose judgments the semsim column reproduces
+        result.per_set = annotate_provenance(result.per_set, built["semsim"])
+    if cal is not None:  # per-image P(recognized), per-set expected recognition rate
+        result.per_image, result.per_set, cal_notes = apply_calibration(result.per_image, result.per_set, cal)
+        notes += cal_notes
     skipped = pd.concat([s for s in (skipped, result.skipped) if len(s)], ignore_index=True) if (
         len(skipped) or len(result.skipped)) else skipped
     for note in notes:

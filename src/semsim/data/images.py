@@ -5,10 +5,11 @@ Grayscale is expanded to three channels; an alpha channel is dropped with a warn
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,28 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
     except FileNotFoundError:
         raise SemsimError(f"{path}: no such image file; check the path or the manifest row") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise SemsimError(f"{path}: not a readable image ({exc}); replace or remove the file, or pass --skip-bad") from None
+        raise SemsimError(
+            f"{path}: not a readable image ({exc}); replace or remove the file, or pass --skip-bad"
+        ) from None
     return arr
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file from its header: PNG's IHDR is read directly, other formats by PIL.
+
+    Raises ``FileNotFoundError`` or ``OSError`` (PIL's ``UnidentifiedImageError``) for unusable files.
+    """
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if width > 0 and height > 0:
+            return width, height
+    with Image.open(path) as img:
+        return img.size
 
 
 def to_tensor(arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
@@ -60,14 +81,58 @@ def read_arrays(paths: Sequence[str | os.PathLike], workers: int | None = None) 
         return list(pool.map(read_array, paths, chunksize=max(1, len(paths) // (4 * workers))))
 
 
+def _read_all(paths: Sequence[str | os.PathLike]) -> np.ndarray | list[np.ndarray]:
+    """Decode in a worker process; same-sized images travel back as one array (one pickle, not hundreds)."""
+    arrays = [read_array(p) for p in paths]
+    return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
+
+
+class DecodePool:
+    """Decode image files on ``workers`` CPU cores, e.g. while the caller scores the previous batch.
+
+    PIL spends most of its time on a small image in Python, holding the GIL, so decoding threads barely
+    overlap; forked worker processes do. Without ``fork`` (or with ``processes=False``) threads are used.
+    Create the pool in the main thread (the workers are forked at once) and close it, or use ``with``.
+    """
+
+    def __init__(self, workers: int = 2, processes: bool = True) -> None:
+        self.workers = workers
+        self._procs: ProcessPoolExecutor | None = None
+        if processes and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+            self._procs = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            self._procs.submit(int).result()  # fork the workers now, from the calling thread
+
+    def read(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
+        """Decode ``paths`` (uint8 HxWx3 arrays, in order); errors as in :func:`read_array`."""
+        paths = list(paths)
+        if self._procs is None or len(paths) < 4 * self.workers:
+            return read_arrays(paths, self.workers)
+        size = -(-len(paths) // self.workers)
+        parts = self._procs.map(_read_all, [paths[i:i + size] for i in range(0, len(paths), size)])
+        return [arr for part in parts for arr in part]
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._procs is not None:
+            self._procs.shutdown()
+            self._procs = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def load_images(paths: Sequence[str | os.PathLike], workers: int | None = None) -> torch.Tensor:
     """Load same-sized images as one float32 NCHW tensor in [0, 1]."""
     arrays = read_arrays(paths, workers)
     first = arrays[0].shape if arrays else None
-    for path, arr in zip(paths, arrays):
+    for path, arr in zip(paths, arrays, strict=True):
         if arr.shape != first:
             raise SemsimError(
-                f"{path}: size {arr.shape[1]}x{arr.shape[0]} differs from {first[1]}x{first[0]} of {paths[0]}; "
+                f"{path}: size {arr.shape[1]}x{arr.shape[0]} differs from {first[1]}x{first[0]} of "
+                f"{paths[0]}; "
                 "bring the images to one size"
             )
     return to_tensor(arrays)

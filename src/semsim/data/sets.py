@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from semsim.data.images import IMAGE_SUFFIXES
+from semsim.data.images import IMAGE_SUFFIXES, image_size
 from semsim.errors import SemsimError
 from semsim.io import TABLE_SUFFIXES, read_table, write_table
 
@@ -90,8 +90,7 @@ def _check_pair(row: dict) -> str | None:
     for key in ("original", "reconstruction"):
         path = Path(row[key])
         try:
-            with Image.open(path) as img:
-                sizes.append(img.size)
+            sizes.append(image_size(path))
         except FileNotFoundError:
             return f"{path}: no such file (image '{row['image_id']}'); fix the path"
         except (UnidentifiedImageError, OSError) as exc:

@@ -3,8 +3,16 @@
 ``create(name)`` builds one, ``list_metrics()`` lists them with their direction (``higher_is_more_leakage``).
 """
 
-from semsim.metrics import pixel  # noqa: F401  (registers the metrics)
-from semsim.metrics.pixel import mse, psnr
+from semsim.learned import metric as _semsim_metric  # noqa: F401  (registers semsim)
+from semsim.metrics import (
+    fid,  # noqa: F401  (fid)
+    lpips,  # noqa: F401  (lpips_alex, lpips_vgg, lpips_squeeze)
+    model_based,  # noqa: F401  (mr, iip, feature_distance)
+    pixel,  # noqa: F401  (mse, psnr, ssim, ms_ssim)
+)
+from semsim.metrics.fid import fid_from_features, frechet_distance
+from semsim.metrics.lpips import LPIPS
+from semsim.metrics.pixel import ms_ssim, mse, psnr, ssim
 from semsim.metrics.registry import (
     MetricInfo,
     MetricUnavailable,
@@ -16,5 +24,5 @@ from semsim.metrics.registry import (
     register_metric,
 )
 
-__all__ = ["MetricInfo", "MetricUnavailable", "check_pair", "column_direction", "create", "list_metrics", "metric_info", "mse", "psnr",
-           "register_metric"]
+__all__ = ["LPIPS", "MetricInfo", "MetricUnavailable", "check_pair", "column_direction", "create", "fid_from_features",
+           "frechet_distance", "list_metrics", "metric_info", "ms_ssim", "mse", "psnr", "register_metric", "ssim"]

@@ -96,7 +96,7 @@ def check_pair(original: torch.Tensor, reconstruction: torch.Tensor, data_range:
                          "differ in shape")
     tol = 1e-4 * data_range
     for name, t in (("original", original), ("reconstruction", reconstruction)):
-        lo, hi = float(t.min()), float(t.max())
+        lo, hi = (float(v) for v in torch.aminmax(t))
         if lo < -tol or hi > data_range + tol:
             raise ValueError(f"{name}: values span [{lo:.4g}, {hi:.4g}] but data_range is {data_range}; "
                              "scale images to [0, data_range] or pass the right data_range")

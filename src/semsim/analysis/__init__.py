@@ -1,0 +1,34 @@
+"""Faithfulness analysis: how well does each leakage metric agree with people? (Sun et al., NeurIPS 2023)
+
+Join a score table with a label table, then: set-level correlations (the paper's protocol), image-level
+AUROC, contradictions between metrics, the human ceiling, and calibration of metrics into P(recognized).
+"""
+
+from semsim.analysis.calibration import (
+    Calibration,
+    calibration_table,
+    cross_validate,
+    evaluate_probabilities,
+    expected_calibration_error,
+    expected_recognition,
+    fit_calibration,
+    load_calibration,
+)
+from semsim.analysis.data import (
+    SEMSIM_CIFAR100_DIRECTIONS,
+    AnalysisData,
+    import_semsim_cifar100,
+    join_scores_labels,
+    parse_directions,
+    resolve_directions,
+)
+from semsim.analysis.report import AnalysisReport, analyze, run_analysis
+from semsim.analysis.stats import contradiction_matrix, human_ceiling, image_level, set_level
+
+__all__ = [
+    "SEMSIM_CIFAR100_DIRECTIONS", "AnalysisData", "AnalysisReport", "Calibration", "analyze",
+    "calibration_table", "contradiction_matrix", "cross_validate", "evaluate_probabilities",
+    "expected_calibration_error", "expected_recognition", "fit_calibration", "human_ceiling", "image_level",
+    "import_semsim_cifar100", "join_scores_labels", "load_calibration", "parse_directions",
+    "resolve_directions", "run_analysis", "set_level",
+]

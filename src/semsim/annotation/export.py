@@ -1,0 +1,235 @@
+"""Labels out of (and into) the annotation database.
+
+* the label table (docs/contracts.md, section 3) with ``label_source = human:<study>`` and ``judge_<k>``;
+* the SemSim paper's training folders: ``train_with_ori/<N>/`` holds the original of image ``N`` and the
+  reconstructions people recognized, ``train_with_ori/-<N>/`` those they did not (``N`` is the image index of a
+  SemSim id ``{idx}_{label}``, else the image id);
+* Label Studio JSON tasks (export, and import of answers made in Label Studio).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import select
+
+from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
+from semsim.annotation.store import ProjectInfo, answers_frame, hash_secret, project_info
+from semsim.errors import SemsimError
+from semsim.io import atomic_write, write_json
+from semsim.labels import validate_labels, write_labels
+
+SEMSIM_ID = re.compile(r"^(?P<idx>\d+)_-?\d+$")
+
+
+def label_table(db: Database) -> pd.DataFrame:
+    """One row per judged (non-gold) item: ``recognized`` = share of judges who recognized it, ``judge_<k>``
+    = the k-th answer in submission order (class index / 1, 0, or -1 for can't tell / unsure)."""
+    info = project_info(db)
+    answers = answers_frame(db)
+    answers = answers[~answers["gold"].astype(bool)]
+    with db.read() as s:
+        items = {r.id: r for r in s.scalars(select(Item).where(~Item.gold))}
+    rows = []
+    for item_id, group in answers.groupby("item_id", sort=False):
+        item = items[item_id]
+        values = [int(v) for v in group["value"]]
+        row = {"set": item.set, "image_id": item.image_id, "original": item.original,
+               "reconstruction": item.reconstruction,
+               "recognized": sum(info.recognized(v, item.label) for v in values) / len(values),
+               "n_judges": len(values), "label_source": f"human:{info.study}", "label": item.label}
+        row.update({f"judge_{k + 1}": v for k, v in enumerate(values)})
+        rows.append(row)
+    if not rows:
+        raise SemsimError(f"{db.url}: no answers yet; nothing to export")
+    table = pd.DataFrame(rows).sort_values(["set", "image_id"]).reset_index(drop=True)
+    judges = [c for c in table.columns if c.startswith("judge_")]
+    table[judges] = table[judges].astype("Int64")
+    table["label"] = table["label"].astype("Int64")
+    return validate_labels(table, where="annotation labels")
+
+
+def export_labels(db: Database, path: str | os.PathLike) -> Path:
+    """Write the label table (CSV or Parquet by suffix)."""
+    return write_labels(label_table(db), path)
+
+
+def _folder_key(image_id: str) -> str:
+    m = SEMSIM_ID.match(image_id)
+    return m["idx"] if m else re.sub(r"[^A-Za-z0-9_.]+", "-", image_id)
+
+
+def export_folders(db: Database, out: str | os.PathLike) -> Path:
+    """Write the SemSim training layout under ``out/train_with_ori`` (recognized = majority of judges) and an
+    ``index.csv`` naming each file's set, image id and share of judges. The folder is built aside and renamed."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise SemsimError(f"{out}: exists and is not empty; give a new folder")
+    labels = label_table(db)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        root = tmp / "train_with_ori"
+        index = []
+        for row in labels.itertuples(index=False):
+            key = _folder_key(row.image_id)
+            positive = root / key
+            positive.mkdir(parents=True, exist_ok=True)
+            ori = Path(row.original)
+            ori_name = f"{row.image_id}_ori{ori.suffix}" if not ori.stem.endswith("_ori") else ori.name
+            if not (positive / ori_name).exists():
+                shutil.copyfile(ori, positive / ori_name)
+            folder = positive if row.recognized > 0.5 else root / f"-{key}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rec = Path(row.reconstruction)
+            name = f"{re.sub(r'[^A-Za-z0-9_.]+', '-', row.set)}__{row.image_id}_rec{rec.suffix}"
+            shutil.copyfile(rec, folder / name)
+            index.append({"set": row.set, "image_id": row.image_id, "file": str((folder / name).relative_to(tmp)),
+                          "recognized": row.recognized, "n_judges": row.n_judges})
+        pd.DataFrame(index).to_csv(tmp / "index.csv", index=False)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def labelstudio_tasks(db: Database) -> list[dict]:
+    """Label Studio tasks (one per item, gold items flagged) with every answer as a ``choices`` annotation."""
+    info = project_info(db)
+    answers = answers_frame(db)
+    by_item = {k: g for k, g in answers.groupby("item_id")}
+    tasks = []
+    with db.read() as s:
+        items = list(s.scalars(select(Item).order_by(Item.id)))
+    for item in items:
+        anns = []
+        group = by_item.get(item.id)
+        for row in ([] if group is None else group.itertuples(index=False)):
+            anns.append({"id": int(row.answer_id), "completed_by": int(row.annotator_id),
+                         "created_username": row.annotator, "created_at": row.created.isoformat() + "Z",
+                         "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
+                                     "value": {"choices": [info.text(int(row.value))]}}]})
+        tasks.append({"id": item.id, "data": {"image": item.reconstruction, "original": item.original,
+                                              "set": item.set, "image_id": item.image_id, "label": item.label,
+                                              "gold": item.gold},
+                      "annotations": anns})
+    return tasks
+
+
+def export_labelstudio(db: Database, path: str | os.PathLike) -> Path:
+    return write_json(labelstudio_tasks(db), path)
+
+
+def _annotator_name(ann: dict) -> str:
+    if ann.get("created_username"):
+        return str(ann["created_username"])
+    who = ann.get("completed_by")
+    if isinstance(who, dict):
+        who = who.get("email") or who.get("id")
+    if who is None:
+        raise SemsimError("Label Studio annotation without 'completed_by'; cannot tell who answered")
+    return f"labelstudio-{who}"
+
+
+def _match_item(task: dict, by_key: dict, by_path: dict, by_name: dict) -> int | None:
+    data = task.get("data") or {}
+    if "set" in data and "image_id" in data:
+        found = by_key.get((str(data["set"]), str(data["image_id"])))
+        if found is not None:
+            return found
+    image = data.get("image")
+    if image:
+        image = str(image)
+        return by_path.get(image) or by_name.get(Path(image.split("?")[0]).name)
+    return None
+
+
+def import_labelstudio(db: Database, path: str | os.PathLike) -> dict:
+    """Import the answers of a Label Studio JSON export; items are matched by ``data.set``/``data.image_id``
+    or by the reconstruction file. Annotators are created as imported (they cannot log in). Importing the same
+    file twice adds nothing. Returns counts: added, duplicates, unmatched tasks, skipped (cancelled) results."""
+    path = Path(path)
+    try:
+        tasks = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SemsimError(f"{path}: not a readable JSON file ({exc}); export the tasks as JSON") from None
+    if not isinstance(tasks, list):
+        raise SemsimError(f"{path}: expected a JSON list of Label Studio tasks")
+    info: ProjectInfo = project_info(db)
+    counts = {"added": 0, "duplicates": 0, "unmatched": 0, "skipped": 0}
+    with db.write() as s:
+        items = s.execute(select(Item.id, Item.set, Item.image_id, Item.reconstruction)).all()
+        by_key = {(r.set, r.image_id): r.id for r in items}
+        by_path = {r.reconstruction: r.id for r in items}
+        names: dict[str, list[int]] = {}
+        for r in items:
+            names.setdefault(Path(r.reconstruction).name, []).append(r.id)
+        by_name = {k: v[0] for k, v in names.items() if len(v) == 1}
+        people = {a.name: a.id for a in s.scalars(select(Annotator))}
+        for task in tasks:
+            item_id = _match_item(task, by_key, by_path, by_name)
+            if item_id is None:
+                counts["unmatched"] += 1
+                continue
+            for ann in task.get("annotations") or []:
+                choices = [r for r in ann.get("result") or [] if r.get("type") == "choices"]
+                if ann.get("was_cancelled") or not choices or not choices[0]["value"].get("choices"):
+                    counts["skipped"] += 1
+                    continue
+                value = info.value_of(choices[0]["value"]["choices"][0])
+                name = _annotator_name(ann)
+                if name not in people:
+                    person = Annotator(name=name, token_hash=hash_secret(secrets.token_urlsafe(32)), active=False,
+                                       imported=True)
+                    s.add(person)
+                    s.flush()
+                    people[name] = person.id
+                person_id = people[name]
+                assignment = s.scalar(select(Assignment).where(Assignment.annotator_id == person_id,
+                                                               Assignment.item_id == item_id))
+                if assignment is None:
+                    assignment = Assignment(annotator_id=person_id, item_id=item_id, position=0.0)
+                    s.add(assignment)
+                    s.flush()
+                elif s.scalar(select(Answer.id).where(Answer.assignment_id == assignment.id)) is not None:
+                    counts["duplicates"] += 1
+                    continue
+                s.add(Answer(assignment_id=assignment.id, annotator_id=person_id, item_id=item_id, value=value,
+                             submit_id=f"labelstudio:{ann.get('id')}"))
+                counts["added"] += 1
+    return counts
+
+
+def export(db: Database, out: str | os.PathLike, fmt: str | None = None) -> Path:
+    """Export by format (``labels``, ``folders``, ``labelstudio``) or, when None, by the name of ``out``."""
+    out = Path(out)
+    if fmt is None:
+        fmt = "labelstudio" if out.suffix.lower() == ".json" else ("labels" if out.suffix else "folders")
+    if fmt == "labels":
+        return export_labels(db, out)
+    if fmt == "folders":
+        return export_folders(db, out)
+    if fmt == "labelstudio":
+        return export_labelstudio(db, out)
+    raise SemsimError(f"export format {fmt!r}: unknown; use labels, folders or labelstudio")
+
+
+def zip_folders(db: Database, dest: str | os.PathLike) -> Path:
+    """The folder layout as a zip archive (for the dashboard's download)."""
+    dest = Path(dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = export_folders(db, Path(tmp) / "semsim_folders")
+        with atomic_write(dest) as part:
+            archive = shutil.make_archive(str(part), "zip", root_dir=folder)
+            os.replace(archive, part)
+    return dest

@@ -1,0 +1,31 @@
+"""``semsim demo``: the whole assessment on bundled data, ending in an HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from semsim.demo import DemoConfig, run_demo
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder (report.html, sets, scores, models)")] = Path("semsim-demo"),
+    n_images: Annotated[int, typer.Option(min=2, help="reconstructions per configuration")] = 24,
+    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+) -> None:
+    """Train a victim with and without a defense, attack it, score, analyse, and write a report."""
+    result = run_demo(DemoConfig(out=out, n_images=n_images, device=device, show_progress=not quiet))
+    from semsim.cli.score import print_summary
+
+    columns = [c for c in result.per_image.columns if c not in ("set", "image_id")]
+    print_summary(result.per_set, columns)
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"total {sum(result.seconds.values()):.0f} s; report: {result.report.resolve()}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(demo)

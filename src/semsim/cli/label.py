@@ -1,0 +1,47 @@
+"""``semsim label --by-model``: a label table judged by an evaluation classifier instead of people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from semsim.data.sets import ingest
+from semsim.labeling import label_by_model
+from semsim.labels import write_labels
+
+
+def label(
+    by_model: Annotated[Path, typer.Option("--by-model", help="evaluator checkpoint folder "
+                                           "(semsim train-evaluator) that judges each reconstruction")],
+    sets: Annotated[list[Path], typer.Option("--sets", help="a manifest or SemSim-layout folder; repeat for "
+                                             "several sets")],
+    out: Annotated[Path, typer.Option(help="label table to write, .csv or .parquet")],
+    soft: Annotated[bool, typer.Option("--soft", help="recognized = the evaluator's probability of the true "
+                                       "class instead of 1/0 from its top-1")] = False,
+    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="leave out unusable pairs instead of "
+                                           "stopping")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Write a label table judged by an evaluator (recognized: its top-1 is the true class)."""
+    manifests = []
+    for source in sets:
+        manifest, skipped = ingest(source, skip_bad=skip_bad)
+        if len(skipped):
+            typer.echo(f"note: {source}: {len(skipped)} pair(s) skipped (unusable or failed)", err=True)
+        manifests.append(manifest)
+    table = label_by_model(pd.concat(manifests, ignore_index=True), by_model, soft=soft,
+                           batch_size=batch_size, device=device, show_progress=not quiet)
+    write_labels(table, out)
+    summary = table.groupby("set", sort=False)["recognized"].agg(["size", "mean"])
+    for set_name, row in summary.iterrows():
+        typer.echo(f"{set_name}: {int(row['size'])} images, recognized {row['mean']:.3f}")
+    typer.echo(f"wrote {out} ({len(table)} labels, source {table['label_source'].iloc[0]})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(label)
