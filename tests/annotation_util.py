@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from semsim.annotation import add_annotator, init_project
@@ -39,7 +40,7 @@ def make_project(tmp: Path, n_items: int = 12, per_item: int = 2, annotators: in
     return db, tokens
 
 
-def login(client, token: str) -> str:  # noqa: ANN001
+def login(client: TestClient, token: str) -> str:
     """Open the secret link in ``client``; return the CSRF token of the session (read off the task page)."""
     response = client.get(f"/start/{token}")
     assert response.status_code == 200, response.text

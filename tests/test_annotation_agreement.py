@@ -27,8 +27,8 @@ def test_fleiss_published_example():
 
 
 def test_krippendorff_published_example():
-    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 observers, 12 units, missing values,
-    # nominal alpha = 0.743 (unit 12 has a single value and is not pairable)
+    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability": 4 observers, 12 units, missing
+    # values, nominal alpha = 0.743 (unit 12 has a single value and is not pairable)
     observers = [
         [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
         [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
@@ -94,6 +94,7 @@ def test_equal_reference_on_semsim_study_labels():
     # the recognized/not recognized view the label table uses, with missing judgments dropped at random
     recognized = judges == table["fine_label"].to_numpy()[:, None]
     rng = np.random.default_rng(0)
-    ragged = [[bool(v) for v, keep in zip(row, rng.random(5) > 0.3, strict=True) if keep] for row in recognized]
+    ragged = [[bool(v) for v, keep in zip(row, rng.random(5) > 0.3, strict=True) if keep]
+              for row in recognized]
     assert krippendorff_alpha_nominal(ragged) == pytest.approx(_reference_alpha(ragged), abs=1e-12)
-    assert 0.2 < kappa < 0.9 and 0.2 < alpha < 0.9  # real annotators: moderate agreement, not chance, not perfect
+    assert 0.2 < kappa < 0.9 and 0.2 < alpha < 0.9  # real people: moderate agreement, not chance, not perfect

@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import io
+import math
+import sqlite3
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from annotation_util import csrf_of, item_of, login, make_project
 from semsim.annotation import add_annotator, dashboard, submit_answer
 from semsim.annotation.app import create_app
-from semsim.annotation.db import Annotator, Answer, Assignment, Item, WebSession
-from semsim.annotation.store import NotAssigned, hash_secret, project_info, set_active
+from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item, WebSession
+from semsim.annotation.store import AnswerWriter, NotAssigned, hash_secret, project_info, set_active
 
 
-def _queues(db) -> dict[int, list[int]]:  # noqa: ANN001
+def _queues(db: Database) -> dict[int, list[int]]:
     with db.read() as s:
-        rows = s.execute(select(Assignment.annotator_id, Assignment.item_id).order_by(Assignment.position)).all()
+        rows = s.execute(select(Assignment.annotator_id, Assignment.item_id)
+                         .order_by(Assignment.position)).all()
     out: dict[int, list[int]] = {}
     for person, item in rows:
         out.setdefault(person, []).append(item)
@@ -170,6 +174,9 @@ def test_images_upscaled_nearest_neighbour(tmp_path):
     assert shown.shape == (256, 256, 3)  # 8x8 -> 32x per side
     assert np.array_equal(shown[::32, ::32], source)  # every block is one source pixel
     assert np.array_equal(shown, np.repeat(np.repeat(source, 32, axis=0), 32, axis=1))
+    with db.read() as s:
+        Path(s.get(Item, item).reconstruction).unlink()
+    assert client.get(f"/img/{item}/rec").status_code == 404  # a file gone missing: a clean 404
 
 
 def test_gold_accuracy_and_dashboard(tmp_path):
@@ -193,7 +200,7 @@ def test_gold_accuracy_and_dashboard(tmp_path):
     acc = {a["name"]: a["gold_accuracy"] for a in d["annotators"]}
     assert acc["a0"] == 1.0 and acc["a1"] == pytest.approx(1 / 3)
     assert d["n_answers"] == 12 and d["sets"][0]["complete"] == 6
-    assert d["overall"]["answers_krippendorff_alpha"] != d["overall"]["answers_krippendorff_alpha"]  # one category
+    assert math.isnan(d["overall"]["answers_krippendorff_alpha"])  # everybody chose one category: undefined
     client = TestClient(create_app(db.url))
     client.get(f"/start/{tokens['admin']}")
     page = client.get("/admin").text
@@ -214,3 +221,31 @@ def test_pair_task(tmp_path):
                                         "csrf": csrf}).status_code == 400
     with db.read() as s:
         assert list(s.scalars(select(Answer.value))) == [1]
+
+
+def test_group_commit_writer(tmp_path):
+    db, _ = make_project(tmp_path, n_items=40, per_item=2, annotators=3)
+    info = project_info(db)
+    p0, mine = sorted(_queues(db).items())[0]
+    other = next(i for i in range(1, 41) if i not in mine)
+    commits = []
+    event.listen(db.write_engine, "commit", lambda conn: commits.append(1))
+    writer = AnswerWriter(db, info)
+    try:
+        # hold SQLite's write lock while the answers queue up: the writer stores them in at most two commits
+        blocker = sqlite3.connect(db.url.split("///", 1)[1], isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        futures = [writer.enqueue(p0, item, 1, f"s{item}") for item in mine]
+        futures.append(writer.enqueue(p0, mine[0], 2))  # a double submit within the same batch
+        futures.append(writer.enqueue(p0, other, 1))  # not in this queue
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        results = [f.result(timeout=60) for f in futures]
+    finally:
+        writer.close()
+    assert results[:-2] == [True] * len(mine)
+    assert results[-2] is False and isinstance(results[-1], NotAssigned)
+    assert 1 <= len(commits) <= 2
+    with db.read() as s:
+        stored = dict(s.execute(select(Answer.item_id, Answer.value).where(Answer.annotator_id == p0)).all())
+    assert stored == dict.fromkeys(mine, 1)

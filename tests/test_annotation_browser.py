@@ -1,5 +1,5 @@
-"""A real browser (Playwright driving Debian's chromium-headless-shell) walks an annotator through a queue with
-the keyboard and an admin through the dashboard and an export. Skips when no browser binary is installed."""
+"""A real browser (Playwright driving Debian's chromium-headless-shell) walks an annotator through a queue
+with the keyboard and an admin through the dashboard and an export. Skips when no browser is installed."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from semsim.labels import read_labels
 
 pytestmark = pytest.mark.browser
 
-BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run"]
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def _browser_binary() -> str | None:
@@ -37,7 +37,8 @@ def _browser_binary() -> str | None:
 def browser():
     binary = _browser_binary()
     if binary is None:
-        pytest.skip("no chromium-headless-shell found (apt-get install chromium-headless-shell; .ci/run does)")
+        pytest.skip("no chromium-headless-shell found (`apt-get install chromium-headless-shell`; "
+                    ".ci/run does it)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=binary, args=BROWSER_ARGS)
         yield b
@@ -71,7 +72,8 @@ class Server:
 def _answers(db: Database, name: str) -> dict[int, int]:
     with db.read() as s:
         person = s.scalar(select(Annotator.id).where(Annotator.name == name))
-        return dict(s.execute(select(Answer.item_id, Answer.value).where(Answer.annotator_id == person)).all())
+        return dict(s.execute(select(Answer.item_id, Answer.value)
+                              .where(Answer.annotator_id == person)).all())
 
 
 def test_annotator_keyboard_walk(browser, tmp_path):
@@ -160,7 +162,8 @@ def test_admin_dashboard_and_export(browser, tmp_path):
 
 
 def test_many_classes_filter_by_typing(browser, tmp_path):
-    names = ["apple", "bee", "camel", "dog", "dolphin", "eagle", "fox", "goat", "horse", "lion", "mouse", "otter"]
+    names = ["apple", "bee", "camel", "dog", "dolphin", "eagle", "fox", "goat", "horse", "lion", "mouse",
+             "otter"]
     make_set(tmp_path / "setA", 3, n_classes=12)
     init_project(tmp_path / "many.sqlite", [tmp_path / "setA"], per_item=1, study="many", classes=names)
     db = Database(tmp_path / "many.sqlite")

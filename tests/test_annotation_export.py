@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Callable
 
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ from semsim.errors import SemsimError
 from semsim.labels import read_labels
 
 
-def _answer_all(db: Database, rule) -> None:  # noqa: ANN001
+def _answer_all(db: Database, rule: Callable[[str, Item], int]) -> None:
     """Every assignment answered with ``rule(annotator_name, item)``."""
     info = project_info(db)
     with db.read() as s:
@@ -87,7 +88,8 @@ def test_labelstudio_round_trip_and_import(tmp_path):
     assert choice in [*CLASSES, "can't tell"]
 
     # a fresh database with the same set imports the answers: identical label table
-    init_project(tmp_path / "two.sqlite", [tmp_path / "one" / "setA"], per_item=2, study="test", classes=CLASSES)
+    init_project(tmp_path / "two.sqlite", [tmp_path / "one" / "setA"], per_item=2, study="test",
+                 classes=CLASSES)
     fresh = Database(tmp_path / "two.sqlite")
     counts = import_labelstudio(fresh, tasks_file)
     assert counts == {"added": 12, "duplicates": 0, "unmatched": 0, "skipped": 0}
@@ -97,7 +99,8 @@ def test_labelstudio_round_trip_and_import(tmp_path):
 
     # a Label Studio export of its own: tasks by image file, completed_by as user ids, one cancelled result
     foreign = [{"id": 1, "data": {"image": "/data/upload/1/0_0_rec.png"},
-                "annotations": [{"completed_by": 7, "result": [{"type": "choices", "value": {"choices": ["cat"]}}]},
+                "annotations": [{"completed_by": 7,
+                                 "result": [{"type": "choices", "value": {"choices": ["cat"]}}]},
                                 {"completed_by": {"email": "x@y"}, "was_cancelled": True, "result": []}]},
                {"id": 2, "data": {"image": "/elsewhere/nothing.png"}, "annotations": []}]
     (tmp_path / "ls.json").write_text(json.dumps(foreign))
@@ -114,8 +117,8 @@ def test_cli_commands(tmp_path):
     runner = CliRunner()
     make_set(tmp_path / "setA", 4)
     db = str(tmp_path / "cli.sqlite")
-    result = runner.invoke(app, ["annotate", "init", "--db", db, "--sets", str(tmp_path / "setA"), "--per-item",
-                                 "1", "--classes", ",".join(CLASSES), "--study", "cli"])
+    result = runner.invoke(app, ["annotate", "init", "--db", db, "--sets", str(tmp_path / "setA"),
+                                 "--per-item", "1", "--classes", ",".join(CLASSES), "--study", "cli"])
     assert result.exit_code == 0, result.output
     assert "loaded 4 item(s)" in result.output
     result = runner.invoke(app, ["annotate", "add-annotator", "--db", db, "ann"])
@@ -126,7 +129,7 @@ def test_cli_commands(tmp_path):
         person = s.scalar(select(Annotator).where(Annotator.name == "ann"))
     assert token not in person.token_hash
     _answer_all(database, lambda name, item: item.label)
-    result = runner.invoke(app, ["annotate", "status", "--db", db])
+    result = runner.invoke(app, ["annotate", "status", "--db", f"sqlite:///{db}"])  # a SQLAlchemy URL
     assert result.exit_code == 0 and "ann" in result.output and "4" in result.output
     result = runner.invoke(app, ["annotate", "export", "--db", db, "--out", str(tmp_path / "l.csv")])
     assert result.exit_code == 0 and read_labels(tmp_path / "l.csv")["recognized"].eq(1.0).all()

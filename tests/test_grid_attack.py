@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_grid_engine import write_grid
 
 from semsim.attacks import attack_set
 from semsim.checkpoint import save_checkpoint
@@ -19,6 +18,7 @@ from semsim.errors import SemsimError
 from semsim.grid import build_plan, load_grid, run_plan
 from semsim.io import read_table
 from semsim.models.classifiers import create_model, model_config
+from test_grid_engine import write_grid
 
 
 @pytest.fixture(scope="module")

@@ -277,3 +277,13 @@ def test_status_reports_a_run_in_progress(tmp_path):
     assert status.phase == "running" and status.counts["running"] == 1 and status.counts["pending"] == 1
     result = CliRunner().invoke(app, ["grid", "status", str(path)])
     assert "running: probe#0000" in result.output and "120 images/h" in result.output
+
+
+def test_ray_path_without_ray_installed_says_how_to_get_it(monkeypatch):
+    import sys
+
+    from semsim.grid.executors import RayExecutor
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(SemsimError, match=r"pip install 'semsim\[ray\]'"):
+        RayExecutor("auto")

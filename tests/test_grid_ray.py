@@ -7,13 +7,13 @@ import json
 
 import numpy as np
 import pytest
-from test_grid_engine import make_set, write_grid
 
 from semsim.data.sets import ingest
 from semsim.grid import build_plan, load_grid, read_status, run_plan
 from semsim.grid.plan import DONE_FILE
 from semsim.io import read_table
 from semsim.scoring import build_metrics, score_manifest
+from test_grid_engine import make_set, write_grid
 
 ray = pytest.importorskip("ray")
 
@@ -44,7 +44,8 @@ def test_ray_retries_a_killed_worker_and_rerun_does_no_work(ray_session, tmp_pat
 
 
 def test_ray_reports_task_errors_after_bounded_retries(ray_session, tmp_path):
-    grid = load_grid(write_grid(tmp_path, {"out": "run", "retries": 1, "probe": {"tasks": 1, "fail_times": 3}}))
+    probe = {"tasks": 1, "fail_times": 3}
+    grid = load_grid(write_grid(tmp_path, {"out": "run", "retries": 1, "probe": probe}))
     report = run_plan(build_plan(grid), ray="auto", show_progress=False)
     assert report.attempts == 2
     assert report.failed["probe#0000"].startswith("RuntimeError: probe: injected failure 2 of 3")

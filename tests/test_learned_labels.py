@@ -52,7 +52,8 @@ def test_release_layout_errors(tmp_path: Path, release: Path) -> None:
     (release / "train_with_ori" / "1" / "1_3_ori.png").unlink()
     with pytest.raises(SemsimError, match="'\\*_ori' image"):
         read_release(release)
-    (tmp_path / "plain" / "cats").mkdir(parents=True)
+    _img(tmp_path / "plain" / "cats" / "0.png", 0.2)
+    _img(tmp_path / "plain" / "loose.png", 0.2)
     with pytest.raises(SemsimError, match="release layout"):
         read_release(tmp_path / "plain")
     with pytest.raises(SemsimError, match="not a label table"):
@@ -104,3 +105,27 @@ def test_label_table_joined_with_manifest(tmp_path: Path) -> None:
     assert all(Path(p).is_file() for p in df["original"])
     with pytest.raises(SemsimError, match="labelled twice"):
         load_labels([labels, labels], manifests=[manifest])
+
+
+def test_release_layout_with_annotation_index(release: Path) -> None:
+    """`semsim annotate export` writes index.csv beside train_with_ori/: real set names and judges' shares."""
+    pd.DataFrame(
+        [
+            {
+                "set": "cifar10/lenet/none/dlg-300",
+                "image_id": "1_3",
+                "file": "train_with_ori/-1/cfgC_rec.png",
+                "recognized": 0.4,
+                "n_judges": 5,
+            }
+        ]
+    ).to_csv(release / "index.csv", index=False)
+    df = read_release(release).set_index("reconstruction")
+    row = df.loc[str((release / "train_with_ori" / "-1" / "cfgC_rec.png").resolve())]
+    assert (row["set"], row["image_id"], row["recognized"], row["n_judges"]) == (
+        "cifar10/lenet/none/dlg-300",
+        "1_3",
+        0.4,
+        5,
+    )
+    assert row["original_id"] == "1"

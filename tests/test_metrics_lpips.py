@@ -178,3 +178,16 @@ def test_wrong_or_unsafe_files_are_refused(weights_dir, tmp_path, pairs):
         LPIPS("alex", weights=pickled, lin_weights=heads)
     with pytest.raises(MetricUnavailable, match="no such weight file"):
         LPIPS("alex", weights=tmp_path / "absent.pth", lin_weights=heads)
+
+
+def test_safetensors_and_folder_paths(weights_dir, tmp_path, pairs):
+    from safetensors.torch import save_file
+
+    x, y = pairs
+    state = torch.load(weights_dir / BACKBONE_FILES["alex"][0], weights_only=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "alexnet.safetensors")
+    heads = weights_dir / "lpips" / "v0.1" / "alex.pth"
+    from_safetensors = LPIPS("alex", weights=tmp_path / "alexnet.safetensors", lin_weights=heads)(x, y)
+    from_folder = LPIPS("alex", weights=tmp_path, lin_weights=weights_dir)(x, y)  # folders are searched
+    from_pth = LPIPS("alex", weights=weights_dir / BACKBONE_FILES["alex"][0], lin_weights=heads)(x, y)
+    assert torch.equal(from_safetensors, from_pth) and torch.equal(from_folder, from_pth)

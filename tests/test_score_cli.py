@@ -165,7 +165,17 @@ def test_decoding_in_worker_processes_gives_the_same_table(cifar_manifest, monke
     assert all(np.array_equal(a, b) for a, b in zip(arrays, read_arrays(paths, workers=1), strict=True))
     metrics, _ = build_metrics(["psnr", "ssim"])
     threads = score_manifest(manifest, metrics, batch_size=16, show_progress=False)
+    used = []
+
+    class Recording(DecodePool):
+        def __init__(self, workers: int = 2, processes: bool = True) -> None:
+            super().__init__(workers, processes)
+            used.append(self._procs is not None)
+
     monkeypatch.setattr(semsim.scoring, "_PROCESS_DECODE_MIN", 1)
+    monkeypatch.setattr(semsim.scoring, "_idle_cores", lambda: 2.0)
+    monkeypatch.setattr(semsim.scoring, "DecodePool", Recording)
     processes = score_manifest(manifest, metrics, batch_size=16, show_progress=False)
+    assert used == [True]
     pd.testing.assert_frame_equal(threads.per_image, processes.per_image)
     pd.testing.assert_frame_equal(threads.per_set, processes.per_set)

@@ -7,6 +7,7 @@ scored in torch.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,12 @@ class ScoreResult:
     per_image: pd.DataFrame
     per_set: pd.DataFrame
     skipped: pd.DataFrame
+
+
+def _idle_cores() -> float:
+    """CPU cores not used by running processes, from the one-minute load average (all cores if unknown)."""
+    cores = os.cpu_count() or 1
+    return cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else float(cores)
 
 
 def default_metric_names() -> list[str]:
@@ -108,8 +115,9 @@ def _score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module],
     has_labels = "label" in manifest.columns
     per_image, per_set, skipped = [], [], []
     bar = progress(total=len(manifest), desc="scoring", unit="pair", enabled=show_progress)
-    # decoding runs on both cores (worker processes for big manifests) while the main thread scores
-    processes = len(manifest) >= _PROCESS_DECODE_MIN
+    # decoding runs on both cores while the main thread scores: in worker processes for big manifests when
+    # cores are idle (they cost extra CPU to start and feed), else in threads
+    processes = len(manifest) >= _PROCESS_DECODE_MIN and _idle_cores() >= 1
     with ThreadPoolExecutor(1) as loader, DecodePool(2, processes=processes) as decoder:
         for set_name, group in manifest.groupby("set", sort=False):
             for m in set_metrics.values():

@@ -28,7 +28,7 @@ from semsim.annotation.store import (
 )
 
 __all__ = [
-    "Database", "NotAssigned", "add_annotator", "add_annotators", "agreement", "assign", "dashboard", "export",
-    "export_folders", "export_labels", "export_labelstudio", "fleiss_kappa", "import_labelstudio", "init_project",
-    "krippendorff_alpha_nominal", "label_table", "project_info", "submit_answer", "undo_last",
+    "Database", "NotAssigned", "add_annotator", "add_annotators", "agreement", "assign", "dashboard",
+    "export", "export_folders", "export_labels", "export_labelstudio", "fleiss_kappa", "import_labelstudio",
+    "init_project", "krippendorff_alpha_nominal", "label_table", "project_info", "submit_answer", "undo_last",
 ]

@@ -6,7 +6,8 @@ Both take the judgments as a list of units (items), each a sequence of the categ
 * Fleiss' kappa (Fleiss, 1971, "Measuring nominal scale agreement among many raters"):
   ``kappa = (P_bar - P_e) / (1 - P_e)`` with ``P_i = (sum_j n_ij^2 - n_i) / (n_i (n_i - 1))``,
   ``P_bar`` the mean of ``P_i`` over units and ``P_e = sum_j p_j^2``, ``p_j`` the share of all judgments in
-  category ``j``. With unequal judges per unit this is the usual generalisation (units with < 2 judges dropped).
+  category ``j``. With unequal judges per unit this is the usual generalisation (units with fewer than 2
+  judges dropped).
 * Krippendorff's alpha, nominal metric (Krippendorff, 2011, "Computing Krippendorff's alpha-reliability"):
   from the coincidence matrix ``o_ck = sum_u (pairs c-k in u) / (m_u - 1)``,
   ``alpha = 1 - (n - 1) * sum_{c != k} o_ck / sum_{c != k} n_c n_k``; missing judgments are simply absent.

@@ -16,6 +16,7 @@ import io
 import os
 import secrets
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI, Form, Request
@@ -35,7 +36,7 @@ from semsim.errors import SemsimError
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "semsim_session"
-DISPLAY_SIZE = 256  # images are upscaled by an integer factor (nearest neighbour) to at least this many pixels
+DISPLAY_SIZE = 256  # images are upscaled by an integer factor (nearest neighbour) to at least this size
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'",
@@ -105,12 +106,13 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):  # noqa: ANN202
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         writer.close()
         db.dispose()
 
-    app = FastAPI(title="semsim annotation", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="semsim annotation", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
     app.state.db = db
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.add_middleware(SecurityHeaders)
@@ -119,8 +121,8 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
     async def _forbidden(request: Request, exc: Forbidden) -> Response:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": str(exc)}, status_code=403)
-        return templates.TemplateResponse(request, "message.html", {"title": "Not allowed", "message": str(exc)},
-                                          status_code=403)
+        return templates.TemplateResponse(request, "message.html",
+                                          {"title": "Not allowed", "message": str(exc)}, status_code=403)
 
     def user(request: Request) -> tuple[Row, str]:
         session_id = request.cookies.get(COOKIE)
@@ -156,13 +158,14 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         return RedirectResponse("/admin" if person.is_admin else "/task", status_code=303)
 
     @app.get("/start/{token}")
-    def start(token: str) -> Response:
+    def start(request: Request, token: str) -> Response:
         opened = store.open_session(db, token)
         if opened is None:
-            raise Forbidden("This link is not valid (or was revoked). Ask the study's organiser for a new one.")
+            raise Forbidden("This link is not valid (or was revoked); ask the organiser for a new one.")
         session_id, _, person = opened
         response = RedirectResponse("/admin" if person.is_admin else "/task", status_code=303)
-        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", max_age=90 * 24 * 3600)
+        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", max_age=90 * 24 * 3600,
+                            secure=request.url.scheme == "https")
         return response
 
     @app.get("/task", response_class=HTMLResponse)
@@ -214,8 +217,11 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         if item is None:
             raise Forbidden(f"item {item_id}: no such item")
         path = item.reconstruction if kind == "rec" else item.original
-        return Response(upscaled_png(path), media_type="image/png",
-                        headers={"Cache-Control": "private, max-age=3600"})
+        try:
+            png = upscaled_png(path)
+        except OSError:
+            return Response("image file missing or unreadable", status_code=404, media_type="text/plain")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/next")
     def api_next(request: Request) -> dict:
@@ -273,9 +279,8 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
                 path = export(db, tmp / name, kinds[name])
         except SemsimError as exc:
             _cleanup(tmp)
-            return templates.TemplateResponse(request, "message.html", {"title": "Nothing to export",
-                                                                        "message": str(exc), "back": "/admin"},
-                                              status_code=409)
+            context = {"title": "Nothing to export", "message": str(exc), "back": "/admin"}
+            return templates.TemplateResponse(request, "message.html", context, status_code=409)
         return FileResponse(path, filename=name, background=BackgroundTask(_cleanup, tmp))
 
     return app

@@ -1,8 +1,8 @@
 """The annotation database: SQLAlchemy models and engine setup.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged answer survives a killed server) and
-``BEGIN IMMEDIATE`` for writing transactions (concurrent writers wait for the lock instead of failing on a stale
-snapshot); any other SQLAlchemy URL (e.g. ``postgresql://...``) is used as given.
+SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged answer survives a killed server or a power
+cut) and ``BEGIN IMMEDIATE`` for writing transactions (concurrent writers wait for the lock instead of failing
+on a stale snapshot); any other SQLAlchemy URL (e.g. ``postgresql://...``) is used as given.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,7 +86,7 @@ class Annotator(Base):
 
 
 class Assignment(Base):
-    """Item ``item_id`` is in the queue of ``annotator_id`` at ``position`` (the per-annotator random order)."""
+    """Item ``item_id`` is in the queue of ``annotator_id`` at ``position`` (each queue's random order)."""
 
     __tablename__ = "assignment"
     __table_args__ = (UniqueConstraint("annotator_id", "item_id", name="uq_assignment_annotator_item"),)
@@ -142,7 +143,8 @@ class Database:
         if self.is_sqlite and not create:
             path = Path(self.url.split("///", 1)[1])
             if not path.is_file():
-                raise SemsimError(f"{path}: no such annotation database; create it with `semsim annotate init`")
+                raise SemsimError(f"{path}: no such annotation database; create it with "
+                                  "`semsim annotate init`")
         self.engine = self._engine(immediate=False)
         self.write_engine = self._engine(immediate=True) if self.is_sqlite else self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
@@ -157,7 +159,7 @@ class Database:
                                pool_size=16, max_overflow=32)
 
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # noqa: ANN001
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: object) -> None:
             dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -167,7 +169,7 @@ class Database:
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # noqa: ANN001
+        def _on_begin(conn: Connection) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
@@ -195,7 +197,8 @@ class Database:
         except OperationalError:
             project = None
         if project is None:
-            raise SemsimError(f"{self.url}: not an annotation database (no project); run `semsim annotate init`")
+            raise SemsimError(f"{self.url}: not an annotation database (no project); "
+                              "run `semsim annotate init`")
         return project
 
     def dispose(self) -> None:

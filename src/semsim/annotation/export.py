@@ -2,8 +2,8 @@
 
 * the label table (docs/contracts.md, section 3) with ``label_source = human:<study>`` and ``judge_<k>``;
 * the SemSim paper's training folders: ``train_with_ori/<N>/`` holds the original of image ``N`` and the
-  reconstructions people recognized, ``train_with_ori/-<N>/`` those they did not (``N`` is the image index of a
-  SemSim id ``{idx}_{label}``, else the image id);
+  reconstructions people recognized, ``train_with_ori/-<N>/`` those they did not (``N`` is the image index
+  of a SemSim id ``{idx}_{label}``, else the image id);
 * Label Studio JSON tasks (export, and import of answers made in Label Studio).
 """
 
@@ -68,7 +68,7 @@ def _folder_key(image_id: str) -> str:
 
 def export_folders(db: Database, out: str | os.PathLike) -> Path:
     """Write the SemSim training layout under ``out/train_with_ori`` (recognized = majority of judges) and an
-    ``index.csv`` naming each file's set, image id and share of judges. The folder is built aside and renamed."""
+    ``index.csv`` naming each file's set, image id and share of judges. Built aside, then renamed."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise SemsimError(f"{out}: exists and is not empty; give a new folder")
@@ -91,8 +91,9 @@ def export_folders(db: Database, out: str | os.PathLike) -> Path:
             rec = Path(row.reconstruction)
             name = f"{re.sub(r'[^A-Za-z0-9_.]+', '-', row.set)}__{row.image_id}_rec{rec.suffix}"
             shutil.copyfile(rec, folder / name)
-            index.append({"set": row.set, "image_id": row.image_id, "file": str((folder / name).relative_to(tmp)),
-                          "recognized": row.recognized, "n_judges": row.n_judges})
+            index.append({"set": row.set, "image_id": row.image_id,
+                          "file": str((folder / name).relative_to(tmp)), "recognized": row.recognized,
+                          "n_judges": row.n_judges})
         pd.DataFrame(index).to_csv(tmp / "index.csv", index=False)
         if out.exists():
             out.rmdir()
@@ -157,7 +158,7 @@ def _match_item(task: dict, by_key: dict, by_path: dict, by_name: dict) -> int |
 def import_labelstudio(db: Database, path: str | os.PathLike) -> dict:
     """Import the answers of a Label Studio JSON export; items are matched by ``data.set``/``data.image_id``
     or by the reconstruction file. Annotators are created as imported (they cannot log in). Importing the same
-    file twice adds nothing. Returns counts: added, duplicates, unmatched tasks, skipped (cancelled) results."""
+    file twice adds nothing. Returns counts: added, duplicates, unmatched tasks, skipped (cancelled)."""
     path = Path(path)
     try:
         tasks = json.loads(path.read_text())
@@ -189,8 +190,8 @@ def import_labelstudio(db: Database, path: str | os.PathLike) -> dict:
                 value = info.value_of(choices[0]["value"]["choices"][0])
                 name = _annotator_name(ann)
                 if name not in people:
-                    person = Annotator(name=name, token_hash=hash_secret(secrets.token_urlsafe(32)), active=False,
-                                       imported=True)
+                    person = Annotator(name=name, token_hash=hash_secret(secrets.token_urlsafe(32)),
+                                       active=False, imported=True)
                     s.add(person)
                     s.flush()
                     people[name] = person.id
@@ -204,8 +205,8 @@ def import_labelstudio(db: Database, path: str | os.PathLike) -> dict:
                 elif s.scalar(select(Answer.id).where(Answer.assignment_id == assignment.id)) is not None:
                     counts["duplicates"] += 1
                     continue
-                s.add(Answer(assignment_id=assignment.id, annotator_id=person_id, item_id=item_id, value=value,
-                             submit_id=f"labelstudio:{ann.get('id')}"))
+                s.add(Answer(assignment_id=assignment.id, annotator_id=person_id, item_id=item_id,
+                             value=value, submit_id=f"labelstudio:{ann.get('id')}"))
                 counts["added"] += 1
     return counts
 

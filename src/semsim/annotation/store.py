@@ -15,6 +15,7 @@ import random
 import secrets
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,10 +87,11 @@ class ProjectInfo:
         try:
             return self.check_value(int(key))
         except ValueError:
-            raise SemsimError(f"answer {text!r}: not a class name nor a choice of the {self.task} task") from None
+            raise SemsimError(f"answer {text!r}: not a class name nor a choice of the {self.task} task; "
+                              f"use one of {[t for _, t in self.choices()]}") from None
 
     def recognized(self, value: int, label: int | None) -> bool:
-        """Whether an answer counts as recognizing the reconstruction (class task: the true class; pair: yes)."""
+        """Whether an answer counts as recognizing the reconstruction (class: the true class; pair: yes)."""
         return value == 1 if self.task == "pair" else (label is not None and value == label)
 
 
@@ -111,8 +113,9 @@ def _manifest_items(source: str | os.PathLike, gold: bool, info: ProjectInfo) ->
         label = rec.get("label")
         label = None if label is None or pd.isna(label) else int(label)
         if info.task == "class" and (label is None or not 0 <= label < len(info.classes)):
-            raise SemsimError(f"{source}: image '{rec['image_id']}' has label {label!r}; the class task needs a "
-                              f"true class in 0..{len(info.classes) - 1} (a 'label' column or SemSim file names)")
+            raise SemsimError(f"{source}: image '{rec['image_id']}' has label {label!r}; the class task "
+                              f"needs a true class in 0..{len(info.classes) - 1} (a 'label' column or "
+                              "SemSim file names)")
         gold_answer = None
         if gold:
             given = rec.get("gold_answer")
@@ -123,8 +126,9 @@ def _manifest_items(source: str | os.PathLike, gold: bool, info: ProjectInfo) ->
             else:
                 raise SemsimError(f"{source}: gold items of the pair task need a 'gold_answer' column "
                                   "(yes/no or 1/0) in the manifest")
-        rows.append({"set": str(rec["set"]), "image_id": str(rec["image_id"]), "original": str(rec["original"]),
-                     "reconstruction": str(rec["reconstruction"]), "label": label, "gold": gold,
+        rows.append({"set": str(rec["set"]), "image_id": str(rec["image_id"]),
+                     "original": str(rec["original"]), "reconstruction": str(rec["reconstruction"]),
+                     "label": label, "gold": gold,
                      "gold_answer": gold_answer})
     return rows
 
@@ -139,14 +143,14 @@ def default_classes(sources: list[str | os.PathLike]) -> list[str]:
         if "label" in manifest and manifest["label"].notna().any():
             top = max(top, int(manifest["label"].max()))
     if top < 0:
-        raise SemsimError("the class task needs the true classes: give sets with a 'label' column or SemSim file "
-                          "names ({id}_{label}_rec.png), or use --task pair")
+        raise SemsimError("the class task needs the true classes: give sets with a 'label' column or SemSim "
+                          "file names ({id}_{label}_rec.png), or use --task pair")
     return [str(i) for i in range(top + 1)]
 
 
 def init_project(db_url: str | os.PathLike, sets: list[str | os.PathLike], *, per_item: int = 5,
                  task: str = "class", study: str | None = None, classes: list[str] | None = None,
-                 gold: list[str | os.PathLike] = (), seed: int = 0) -> dict:
+                 gold: Sequence[str | os.PathLike] = (), seed: int = 0) -> dict:
     """Create (or extend) an annotation database with the given sets; return counts of what was added.
 
     On an existing database the project settings are kept and only new sets are added.
@@ -229,16 +233,17 @@ def assign(db: Database) -> dict:
 
     Existing assignments stay; items short of judges get the least-loaded annotators who do not have them yet;
     then unanswered assignments move from the most to the least loaded annotators until loads differ by at
-    most one (where the items allow). Gold items go to every annotator. New work is appended to each queue in a
-    random order (seeded by the project), so nobody sees an item twice and each queue has its own order.
+    most one (where the items allow). Gold items go to every annotator. New work is appended to each queue in
+    a random order (seeded by the project), so nobody sees an item twice and each queue has its own order.
     """
     with db.write() as s:
         project = db.project(s)
         people = list(s.scalars(select(Annotator.id).where(Annotator.active, ~Annotator.is_admin,
                                                             ~Annotator.imported).order_by(Annotator.id)))
         items = s.execute(select(Item.id, Item.gold)).all()
-        rows = s.execute(select(Assignment.id, Assignment.annotator_id, Assignment.item_id, Assignment.position,
-                                Answer.id).outerjoin(Answer, Answer.assignment_id == Assignment.id)).all()
+        rows = s.execute(select(Assignment.id, Assignment.annotator_id, Assignment.item_id,
+                                Assignment.position, Answer.id)
+                         .outerjoin(Answer, Answer.assignment_id == Assignment.id)).all()
         rng = random.Random(f"{project.seed}:{len(rows)}:{len(people)}")
         active = set(people)
         gold = {i for i, g in items if g}
@@ -306,7 +311,7 @@ def assign(db: Database) -> dict:
 # ---------------------------------------------------------------------------------------- sessions, answers
 
 
-def _person_columns():  # noqa: ANN202
+def _person_columns() -> tuple:
     return Annotator.id, Annotator.name, Annotator.is_admin
 
 
@@ -381,8 +386,10 @@ def store_answers(db: Database, answers: list[AnswerRequest]) -> list[bool | Not
     rows, seen = [], set()
     with db.write() as s:
         for annotator_id, item_id, value, submit_id in answers:
-            found = s.execute(select(Assignment.id, Answer.id).outerjoin(Answer, Answer.assignment_id == Assignment.id)
-                              .where(Assignment.annotator_id == annotator_id, Assignment.item_id == item_id)).first()
+            found = s.execute(select(Assignment.id, Answer.id)
+                              .outerjoin(Answer, Answer.assignment_id == Assignment.id)
+                              .where(Assignment.annotator_id == annotator_id,
+                                     Assignment.item_id == item_id)).first()
             if found is None:
                 results.append(NotAssigned(f"item {item_id}: not assigned to this annotator; "
                                            "answers only for your own queue"))
@@ -497,18 +504,21 @@ def answers_frame(db: Database) -> pd.DataFrame:
     """Every answer with its item and annotator (one row per answer, in submission order)."""
     with db.read() as s:
         rows = s.execute(select(Answer.id, Answer.item_id, Item.set, Item.image_id, Item.label, Item.gold,
-                                Item.gold_answer, Answer.annotator_id, Annotator.name, Answer.value, Answer.created)
-                         .join(Item, Item.id == Answer.item_id).join(Annotator, Annotator.id == Answer.annotator_id)
+                                Item.gold_answer, Answer.annotator_id, Annotator.name, Answer.value,
+                                Answer.created)
+                         .join(Item, Item.id == Answer.item_id)
+                         .join(Annotator, Annotator.id == Answer.annotator_id)
                          .order_by(Answer.id)).all()
-    cols = ["answer_id", "item_id", "set", "image_id", "label", "gold", "gold_answer", "annotator_id", "annotator",
-            "value", "created"]
+    cols = ["answer_id", "item_id", "set", "image_id", "label", "gold", "gold_answer", "annotator_id",
+            "annotator", "value", "created"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def _agreement_rows(answers: pd.DataFrame, info: ProjectInfo) -> dict[str, float]:
     units = answers.groupby("item_id")["value"].apply(list).tolist()
     out = {f"answers_{k}": v for k, v in agreement(units).items()}
-    rec = answers.assign(r=[info.recognized(v, lab) for v, lab in zip(answers["value"], answers["label"])])
+    pairs = zip(answers["value"], answers["label"], strict=True)
+    rec = answers.assign(r=[info.recognized(v, lab) for v, lab in pairs])
     rec_units = rec.groupby("item_id")["r"].apply(list).tolist()
     out.update({f"recognized_{k}": v for k, v in agreement(rec_units).items() if k != "n_units"})
     return out
@@ -523,7 +533,8 @@ def dashboard(db: Database, n_disputed: int = 20) -> dict:
                              columns=["item_id", "set", "image_id", "gold"])
         people = s.execute(select(Annotator.id, Annotator.name, Annotator.is_admin, Annotator.active,
                                   Annotator.imported)).all()
-        assigned = dict(s.execute(select(Assignment.annotator_id, func.count()).group_by(Assignment.annotator_id)).all())
+        assigned = dict(s.execute(select(Assignment.annotator_id, func.count())
+                                  .group_by(Assignment.annotator_id)).all())
     regular = answers[~answers["gold"].astype(bool)]
     counts = regular.groupby("item_id").size()
     sets = []
@@ -542,7 +553,8 @@ def dashboard(db: Database, n_disputed: int = 20) -> dict:
         annotators.append({
             "name": name, "active": active, "imported": imported, "assigned": int(assigned.get(aid, 0)),
             "done": len(mine), "gold_answered": len(gold),
-            "gold_accuracy": float((gold["value"] == gold["gold_answer"]).mean()) if len(gold) else float("nan"),
+            "gold_accuracy": float((gold["value"] == gold["gold_answer"]).mean()) if len(gold)
+            else float("nan"),
             "last": mine["created"].max() if len(mine) else None,
         })
     disputed = []
@@ -561,13 +573,10 @@ def dashboard(db: Database, n_disputed: int = 20) -> dict:
                 break
             disputed.append({"item_id": int(item_id), "set": meta.at[item_id, "set"],
                              "image_id": meta.at[item_id, "image_id"], "dispute": dispute, "n": n,
-                             "answers": ", ".join(f"{info.text(v)} x{c}" for v, c in Counter(values).most_common())})
+                             "answers": ", ".join(f"{info.text(v)} x{c}"
+                                                  for v, c in Counter(values).most_common())})
     return {"info": info, "overall": _agreement_rows(regular, info), "sets": sets, "annotators": annotators,
-            "disputed": disputed, "n_answers": len(regular), "n_items": int((~items["gold"].astype(bool)).sum()),
+            "disputed": disputed, "n_answers": len(regular),
+            "n_items": int((~items["gold"].astype(bool)).sum()),
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
 
-
-def list_annotators(db: Database) -> list[Annotator]:
-    """All annotators and admins, in creation order."""
-    with db.read() as s:
-        return list(s.scalars(select(Annotator).order_by(Annotator.id)))

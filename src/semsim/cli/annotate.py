@@ -1,10 +1,10 @@
-"""``semsim annotate``: collect human recognizability judgments (a thin layer over :mod:`semsim.annotation`)."""
+"""``semsim annotate``: collect human recognizability judgments (thin layer over :mod:`semsim.annotation`)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,13 +12,16 @@ from rich.table import Table
 
 from semsim.errors import SemsimError
 
+if TYPE_CHECKING:
+    from semsim.annotation.db import Database
+
 annotate_app = typer.Typer(help="Human annotation: load sets, add annotators, serve the app, export labels.",
                            no_args_is_help=True)
 
 DbOption = Annotated[str, typer.Option("--db", help="SQLite file or SQLAlchemy URL (postgresql://...)")]
 
 
-def _db(url: str):  # noqa: ANN202
+def _db(url: str) -> Database:
     from semsim.annotation.db import Database
 
     return Database(url)
@@ -43,7 +46,8 @@ def init(
     sets: Annotated[list[Path], typer.Option("--sets", help="set to load: SemSim-layout folder or manifest "
                                               "(repeat the option for several sets)")],
     per_item: Annotated[int, typer.Option("--per-item", min=1, help="distinct annotators per item")] = 5,
-    task: Annotated[str, typer.Option(help="'class' (pick the class or can't tell) or 'pair' (side by side)")] = "class",
+    task: Annotated[str, typer.Option(help="'class' (pick the class or can't tell) or 'pair' (side by "
+                                      "side)")] = "class",
     study: Annotated[str | None, typer.Option(help="study name, used as label_source human:<study>")] = None,
     classes: Annotated[str | None, typer.Option(help="class names: comma-separated or a file with one per "
                                                  "line (default: 0..max label)")] = None,
@@ -54,10 +58,10 @@ def init(
     """Create the annotation database (or add sets to it)."""
     from semsim.annotation.store import init_project
 
-    counts = init_project(db, list(sets), per_item=per_item, task=task, study=study, classes=_classes(classes),
-                          gold=list(gold or []), seed=seed)
-    typer.echo(f"loaded {counts['items']} item(s) from {counts['sets']} set(s) and {counts['gold']} gold item(s) "
-               f"into {db}; {counts['assigned']} assignment(s) made")
+    counts = init_project(db, list(sets), per_item=per_item, task=task, study=study,
+                          classes=_classes(classes), gold=list(gold or []), seed=seed)
+    typer.echo(f"loaded {counts['items']} item(s) from {counts['sets']} set(s) and {counts['gold']} gold "
+               f"item(s) into {db}; {counts['assigned']} assignment(s) made")
 
 
 @annotate_app.command("add-annotator")
@@ -129,10 +133,10 @@ def status(db: DbOption) -> None:
 @annotate_app.command("export")
 def export_cmd(
     db: DbOption,
-    out: Annotated[Path, typer.Option(help="labels.csv/.parquet (label table), tasks.json (Label Studio) or a "
-                                      "new folder (SemSim training layout)")],
-    fmt: Annotated[str | None, typer.Option("--format", help="labels, folders or labelstudio (default: by --out)")]
-    = None,
+    out: Annotated[Path, typer.Option(help="labels.csv/.parquet (label table), tasks.json (Label Studio) or "
+                                      "a new folder (SemSim training layout)")],
+    fmt: Annotated[str | None, typer.Option("--format", help="labels, folders or labelstudio (default: by "
+                                            "--out)")] = None,
 ) -> None:
     """Export the answers."""
     from semsim.annotation.export import export

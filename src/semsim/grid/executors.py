@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 import time
 import traceback
+import warnings
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -18,6 +20,7 @@ from semsim.errors import SemsimError
 from semsim.grid.plan import Task
 
 Result = tuple[str, bool, Any]
+PRELOAD_IF_LOADED = ("semsim.cli",)  # the `semsim` command's main script imports it: preload it for workers
 
 
 def _error_text(exc: BaseException) -> str:
@@ -56,8 +59,10 @@ class _Worker:
 class LocalExecutor:
     """``workers`` long-lived processes, one task each at a time.
 
-    Workers fork from a *fork server* that has imported semsim once (so CUDA and thread pools start clean in
-    every worker, and replacing a dead worker takes milliseconds, not a fresh interpreter's imports).
+    Workers fork from a *fork server* that imported the heavy modules once, before any thread pool or CUDA
+    context existed, so every worker starts clean and a dead worker is replaced in well under a second.
+    (A new worker re-runs the driver's main script, as multiprocessing does; the modules it imports are
+    already loaded.)
     """
 
     def __init__(self, workers: int = 1, threads: int | None = None) -> None:
@@ -66,7 +71,10 @@ class LocalExecutor:
         self.capacity = workers
         self.threads = threads or max(1, (os.cpu_count() or 1) // workers)
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["__main__", "semsim.grid.tasks"])
+        # the scheduler's modules (scoring, data, torch) and the CLI when that is the driver
+        preload = ["__main__", "semsim.grid.tasks", "semsim.grid.runner"]
+        preload += [m for m in PRELOAD_IF_LOADED if m in sys.modules]
+        self._ctx.set_forkserver_preload(preload)
         self._workers: list[_Worker | None] = [None] * workers
         self.name = f"local pool, {workers} worker(s) x {self.threads} thread(s)"
 
@@ -192,6 +200,9 @@ class RayExecutor:
         cuda = task.device.startswith("cuda")
         if cuda and not self._cuda:
             self._cuda, self._resources_at = True, 0.0
+            if not self._ray.cluster_resources().get("GPU"):
+                warnings.warn("the grid's device is CUDA but the Ray cluster has no GPU now; its tasks wait "
+                              "until a GPU node joins (or set device: cpu)", stacklevel=2)
         options = {"num_cpus": self.threads, "num_gpus": self.gpus_per_task if cuda else 0}
         ref = self._remote.options(**options).remote(task.to_dict(), self.threads)
         self._refs[ref] = task.id

@@ -168,12 +168,8 @@ def run_plan(plan: Plan, *, workers: int | None = None, ray: str | None = None, 
         report = RunReport(plan, states)
         executor = _make_executor(workers, ray, threads or spec.threads, gpus_per_task)
         writer = _StateWriter(plan, executor.name)
-        dependents: dict[str, list[str]] = {}
-        for t in plan.tasks:
-            for d in t.deps:
-                dependents.setdefault(d, []).append(t.id)
-        n_done = report.count("done")
-        bar = progress(total=len(plan.tasks), initial=n_done, desc="grid", unit="task", enabled=show_progress)
+        bar = progress(total=len(plan.tasks), initial=report.count("done"), desc="grid", unit="task",
+                       enabled=show_progress)
         try:
             while True:
                 for t in plan.tasks:  # block what can no longer run

@@ -22,6 +22,11 @@ Scoring grid (the same engine over many existing sets)::
     out: runs/scores
     sets: [runs/study/sets/*/*/*/*, {path: other/manifest.csv, name: other}]
     score: {metrics: [psnr, ssim], shard_size: 500}
+
+Probe grid (empty tasks, to check a cluster and measure per-task overhead; ``crash_once`` / ``fail_times``
+inject worker deaths and errors to see the retries at work)::
+
+    probe: {tasks: 100, images: 1, sleep: 0.0, crash_once: false, fail_times: 0}
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -172,10 +173,10 @@ def execute_task(task: dict[str, Any], threads: int | None = None) -> dict[str, 
     record = read_done(final)
     if record is not None and record.get("key") == t.key:
         return record
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    if threads:  # torch reads OMP_NUM_THREADS when first imported; an imported torch is set directly
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
     work = Path(t.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.time()

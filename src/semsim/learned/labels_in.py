@@ -29,6 +29,7 @@ from semsim.labels import validate_labels
 
 RELEASE_ROOT = "train_with_ori"
 OTHERS = "others"
+INDEX = "index.csv"  # optional, beside train_with_ori/: set, image_id, file, recognized, n_judges per file
 DEFAULT_RELEASE_SOURCE = "import:semsim-release"
 
 
@@ -42,7 +43,8 @@ def _images(folder: Path) -> list[Path]:
 
 def _is_release_folder(folder: Path) -> bool:
     subs = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    return bool(subs) and all(s == OTHERS or s.lstrip("-").isdigit() for s in subs)
+    loose = any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+    return bool(subs) and not loose
 
 
 def read_release(
@@ -111,7 +113,15 @@ def read_release(
             )
     if not any(r["original"] for r in rows):
         raise SemsimError(f"{folder}: no reconstructions found next to the originals; check the layout")
-    return validate_labels(pd.DataFrame(rows), where=str(folder))
+    df = pd.DataFrame(rows)
+    index = folder.parent / INDEX
+    if index.is_file():  # written by `semsim annotate export`: the real set names and judges' shares
+        known = read_table(index, required=("set", "image_id", "file", "recognized", "n_judges"))
+        known.index = [str((folder.parent / f).resolve()) for f in known["file"]]
+        hit = df["reconstruction"].isin(known.index)
+        for col in ("set", "image_id", "recognized", "n_judges"):
+            df.loc[hit, col] = known.loc[df.loc[hit, "reconstruction"], col].to_numpy()
+    return validate_labels(df, where=str(folder))
 
 
 def read_label_table(path: str | os.PathLike, manifests: Sequence[str | os.PathLike] = ()) -> pd.DataFrame:

@@ -31,14 +31,13 @@ INCEPTION_FILES = (
     "inception_v3_google-0cc3c7bd.pth",
     "inception_v3_google.safetensors",
 )
-_CACHE_LIMIT = 100_000  # originals whose features are kept between sets
+_CACHE_LIMIT = 20_000  # originals whose features are kept between sets (2048 float32 each: 160 MB)
 
 
 def load_inception(weights: str | os.PathLike | None = None) -> InceptionV3Features:
     """The FID Inception-v3 with pretrained weights: pytorch-fid's ``pt_inception`` file (the TF graph behind
     published FIDs) or, failing that, torchvision's ``inception_v3_google`` (FIDs then differ from published
-    ones).
-    The variant follows the file: 1008 output classes mean the FID graph."""
+    ones). The variant follows the file: 1008 output classes mean the FID graph."""
     path = find_weights(INCEPTION_FILES, "FID Inception-v3", weights)
     state = load_state_dict(path)
     if "fc.weight" in state:
@@ -114,7 +113,7 @@ class FID(nn.Module):
                 fn(images[i : i + self.batch_size] / self.data_range).flatten(1)
                 for i in range(0, len(images), self.batch_size)
             ]
-        return torch.cat(out).double().cpu()
+        return torch.cat(out).float().cpu()
 
     def reset(self) -> None:
         """Forget the accumulated features (call between sets)."""

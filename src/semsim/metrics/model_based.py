@@ -14,7 +14,8 @@
 * ``feature_distance``: L2 and cosine distance between the evaluator's penultimate features of the original
   and the reconstruction.
 
-The evaluator is a checkpoint folder of :mod:`semsim.models.classifiers`. Images whose size differs from the
+The evaluator is a classifier checkpoint folder (:func:`semsim.victims.load_classifier`; train one with
+``semsim train-evaluator``, distinct from the attacked victim). Images whose size differs from the
 evaluator's ``image_size`` are resized to it (bilinear, antialiased) before classification; a one-channel
 evaluator (e.g. MNIST) sees the channel mean of the (grey, three-channel) images.
 """
@@ -35,7 +36,8 @@ from torch import nn
 
 from semsim.errors import SemsimError
 from semsim.metrics.registry import MetricUnavailable, create, register_metric
-from semsim.models.classifiers import Classifier, load_model
+from semsim.models.classifiers import Classifier
+from semsim.victims import load_classifier
 
 IIP_VARIANTS = ("pixel", "lpips", "feature")
 EVALUATOR_METRICS = ("mr", "iip", "feature_distance")  # the metrics that take evaluator=CHECKPOINT
@@ -49,13 +51,10 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def clean_accuracy(config: dict[str, Any]) -> float | None:
-    """The clean test accuracy a checkpoint config records (``clean_accuracy``, top level or under
-    ``training``), or None when the checkpoint does not record one."""
-    for where in (config, config.get("training") or {}):
-        value = where.get("clean_accuracy") if isinstance(where, dict) else None
-        if value is not None:
-            return float(value)
-    return None
+    """The held-out accuracy an evaluator checkpoint records (``clean_accuracy``, written by
+    ``semsim train-evaluator``), or None when it records none."""
+    value = config.get("clean_accuracy")
+    return None if value is None else float(value)
 
 
 class Evaluator(nn.Module):
@@ -117,10 +116,7 @@ def load_evaluator(evaluator: str | os.PathLike | Evaluator, device: str | torch
     """An :class:`Evaluator` from a checkpoint folder, named after the folder (as in ``model:<name>``)."""
     if isinstance(evaluator, Evaluator):
         return evaluator.to(device)
-    model, config = load_model(evaluator, device=device)
-    if "num_classes" not in config:
-        raise SemsimError(f"{evaluator}: the checkpoint config has no 'num_classes'; an evaluator must be a "
-                          "classifier checkpoint (semsim train-evaluator)")
+    model, config = load_classifier(evaluator, device=device)
     return Evaluator(model, config, Path(evaluator).resolve().name)
 
 
