@@ -42,7 +42,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=16, help="images (a multiple of every batch size)")
     parser.add_argument("--batch-sizes", default="1,8,16")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if not args.data.is_dir():
         print(f"skipped: {args.data} is absent (set SEMSIM_SHARED_DATA)", file=sys.stderr)

@@ -2,7 +2,8 @@
 Ray path against the local pool (so that a user can size a cluster).
 
 Throughput: an Inverting-Gradients grid (LeNet victim, 32x32 CIFAR-10 test images from ../shared/data, or
-random images when that folder is absent) run with 1 and 2 workers; images per hour from the wall time.
+random images when that folder is absent) run with 1 and 2 workers of 1 torch thread each; images per hour
+from the wall time (worker start-up and loading the dataset in each worker included).
 Overhead: `probe` tasks that do no work, run N and 5N at a time on each executor (2 slots each); the slope
 (extra wall time per extra task) is the per-task scheduling cost, the intercept the start-up cost.
 
@@ -66,7 +67,7 @@ def throughput(root: Path, images: int, iterations: int, workers: int) -> tuple[
         "images": {"n": images, "shard_size": 8, "seed": 0}, "attack": {"batch_size": 8}}))
     plan = build_plan(grid)
     start = time.perf_counter()
-    report = run_plan(plan, workers=workers, show_progress=False)
+    report = run_plan(plan, workers=workers, threads=1, show_progress=False)
     wall = time.perf_counter() - start
     assert not report.failed and len(report.executed) == len(plan.tasks), report.failed
     return wall, images / wall * 3600
@@ -100,7 +101,7 @@ def main() -> None:
         load = os.getloadavg()[0]
         print(f"machine: {os.cpu_count()} CPU(s), load average {load:.1f} at start; data: {source}")
         print(f"\nthroughput: Inverting Gradients, {args.iterations} iterations, LeNet, "
-              f"{args.images} images, 8 per task\n")
+              f"{args.images} images, 8 per task, 1 torch thread per worker\n")
         print("| workers | wall (s) | images/hour |\n|---|---|---|")
         for workers in (1, 2):
             wall, rate = throughput(root, args.images, args.iterations, workers)

@@ -73,10 +73,17 @@ def test_unknown_metric_and_bad_victim_are_refused(tmp_path):
 
 
 def test_keys_depend_on_parameters_and_dependencies():
-    a = task_key("attack", {"seed": 0}, [])
-    assert a == task_key("attack", {"seed": 0}, [])
-    assert a != task_key("attack", {"seed": 1}, [])
-    assert a != task_key("attack", {"seed": 0}, ["victim-key"])
+    a = task_key("attack:s#0000", "attack", {"seed": 0}, [])
+    assert a == task_key("attack:s#0000", "attack", {"seed": 0}, [])
+    assert a != task_key("attack:s#0000", "attack", {"seed": 1}, [])
+    assert a != task_key("attack:s#0000", "attack", {"seed": 0}, ["victim-key"])
+    assert a != task_key("attack:s#0001", "attack", {"seed": 0}, [])
+
+
+def test_tasks_with_equal_settings_get_their_own_keys_and_work_folders(tmp_path):
+    grid = load_grid(write_grid(tmp_path, {"probe": {"tasks": 5}}))
+    plan = build_plan(grid)
+    assert len({t.key for t in plan.tasks}) == 5 and len({t.work for t in plan.tasks}) == 5
 
 
 # ---------------------------------------------------------------- local pool
@@ -127,7 +134,7 @@ def test_tasks_needing_a_failed_task_are_blocked(tmp_path):
     ok = Task("probe#ok", "probe", "probe", 1, str(grid.out / "ok"), params=params)
     after = Task("probe#after", "probe", "probe", 2, str(grid.out / "after"), params=params, deps=(first.id,))
     for t in (ok, after):
-        t.key = task_key(t.kind, t.params, [first.key] if t.deps else [])
+        t.key = task_key(t.id, t.kind, t.params, [first.key] if t.deps else [])
         t.work = str(grid.out / "work" / t.key)
     report = run_plan(Plan(grid, [first, ok, after]), workers=1, show_progress=False)
     assert report.states["probe#0000"].status == "failed"
@@ -287,3 +294,76 @@ def test_ray_path_without_ray_installed_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(SemsimError, match=r"pip install 'semsim\[ray\]'"):
         RayExecutor("auto")
+
+
+def test_failed_attack_images_are_merged_and_reported_not_scored(tmp_path):
+    """A shard whose attack failed on one image (no files, 'failed: nan') merges and scores the rest."""
+    from semsim.data.sets import read_manifest, write_manifest
+    from semsim.grid.merge import merge_scores, merge_sets
+    from semsim.grid.spec import ScoreSpec
+    from semsim.grid.tasks import execute_task, publish
+
+    grid = load_grid(write_grid(tmp_path, {"out": "run", "probe": {"tasks": 1}}))
+    grid = type(grid)(**{**vars(grid), "score": ScoreSpec(("psnr",))})
+    shard = tmp_path / "attack-shard"
+    make_set(shard, 2, seed=4)
+    rows = [{"set": "x", "image_id": f"{i}_{i}", "original": str(shard / f"{i}_{i}_ori.png"),
+             "reconstruction": str(shard / f"{i}_{i}_rec.png"), "label": i, "status": "ok"} for i in range(2)]
+    rows.append({"set": "x", "image_id": "7_1", "original": str(shard / "7_1_ori.png"),
+                 "reconstruction": str(shard / "7_1_rec.png"), "label": 1, "status": "failed: nan"})
+    write_manifest(pd.DataFrame(rows), shard / "manifest.csv")
+    attack = Task("attack:s#0000", "attack", "s", 0, str(grid.out / "shards" / "s" / "attack-0000"), key="k1")
+    publish(shard, Path(attack.out), {"key": "k1"})
+    score = Task("score:s#0000", "score", "s", 0, str(grid.out / "shards" / "s" / "score-0000"), key="k2",
+                 work=str(grid.out / "work" / "k2"), deps=(attack.id,),
+                 params={"set": "s", "metrics": ["psnr"], "batch_size": 8, "skip_bad": False, "options": {},
+                         "manifests": [str(Path(attack.out) / "manifest.csv")], "image_ids": None})
+    record = execute_task(score.to_dict())
+    assert record["n_images"] == 2 and record["n_skipped"] == 1
+    plan = Plan(grid, [attack, score])
+    assert merge_sets(plan) == (["s"], [])
+    merged = read_manifest(grid.out / "sets" / "s" / "manifest.csv")
+    assert len(merged) == 3 and pd.isna(merged.set_index("image_id").loc["7_1", "reconstruction"])
+    assert sorted(p.name for p in (grid.out / "sets" / "s").glob("*.png")) == [
+        "0_0_ori.png", "0_0_rec.png", "1_1_ori.png", "1_1_rec.png"]
+    assert merge_scores(plan)[0] == ["s"]
+    scores = read_table(grid.out / "scores.parquet").set_index("image_id")
+    assert scores.loc["7_1", "status"] == "failed: nan" and np.isnan(scores.loc["7_1", "psnr"])
+    ok = scores.loc[["0_0", "1_1"]]
+    assert (ok["status"] == "ok").all() and ok["psnr"].notna().all()
+
+
+def test_publish_replaces_a_stale_shard_whole(tmp_path):
+    from semsim.grid.tasks import publish
+
+    final = tmp_path / "shards" / "s" / "attack-0000"
+    final.mkdir(parents=True)
+    (final / "old.png").write_text("old")
+    (final / DONE_FILE).write_text(json.dumps({"key": "old"}))
+    work = tmp_path / "work" / "new"
+    work.mkdir(parents=True)
+    (work / "new.png").write_text("new!")
+    record = publish(work, final, {"key": "new"})
+    assert record["files"] == {"new.png": 4}
+    assert sorted(p.name for p in final.iterdir()) == [DONE_FILE, "new.png"]
+    assert json.loads((final / DONE_FILE).read_text())["key"] == "new"
+    assert not work.exists() and [p.name for p in final.parent.iterdir()] == ["attack-0000"]
+
+
+def test_status_of_an_interrupted_run(tmp_path):
+    grid = load_grid(write_grid(tmp_path, {"out": "run", "probe": {"tasks": 2}}))
+    plan = build_plan(grid)
+    grid.out.mkdir()
+    (grid.out / "grid-plan.json").write_text(json.dumps({"tasks": [t.to_dict() for t in plan.tasks]}))
+    (grid.out / "grid-state.json").write_text(json.dumps({
+        "pid": 2 ** 22 + 12345, "host": "elsewhere-or-dead", "started": 0, "updated": 1, "finished": None,
+        "tasks": {"probe#0000": {"status": "running", "started": 0}}}))
+    status = read_status(grid)
+    assert status.phase == "running"  # a driver on another host cannot be checked: assumed alive
+    import socket
+
+    state = json.loads((grid.out / "grid-state.json").read_text())
+    state["host"] = socket.gethostname()  # same host, no such process: the driver is gone
+    (grid.out / "grid-state.json").write_text(json.dumps(state))
+    status = read_status(grid)
+    assert status.phase == "interrupted" and status.counts["pending"] == 2 and not status.running

@@ -1,4 +1,4 @@
-"""Evidence (issue 4): SemSim trained on real gradient-inversion reconstructions beats PSNR on held-out originals.
+"""Evidence (issue 4): SemSim trained on real gradient-inversion reconstructions beats PSNR on new originals.
 
 Reconstructions: ``semsim.attacks.attack_set`` runs Inverting Gradients (20, 60 and 150 iterations: three
 victim configurations of increasing leakage) against a LeNet victim on 64 real CIFAR-10 test images, brought
@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import shared_path
 
+from conftest import shared_path
 from semsim.attacks.runner import attack_set
 from semsim.checkpoint import save_checkpoint
 from semsim.data.datasets import ImageDataset

@@ -25,6 +25,8 @@ from semsim.models.classifiers import create_model, model_config
 from semsim.scoring import build_metrics, score_manifest
 from semsim.victims.train import train_classifier
 
+pytestmark = pytest.mark.slow
+
 N_IMAGES = 16
 DEFENSES = ("none", "noise-1e-1")
 COLUMNS = ("psnr_mean", "mr_accuracy", "mr_prob_mean", "mr_relative", "iip_pixel_precision",

@@ -17,7 +17,7 @@ from semsim.data.images import load_images, save_image
 from semsim.data.sets import ingest, write_manifest
 from semsim.errors import SemsimError
 from semsim.labeling import label_by_model
-from semsim.labels import label_sources, read_labels
+from semsim.labels import label_sources, read_labels, write_labels
 from semsim.models.classifiers import create_model, load_model, model_config
 
 CLASSES = {"cat": 3, "ship": 8, "frog": 6}
@@ -69,8 +69,6 @@ def test_label_by_model_matches_the_evaluator(real_set, evaluator_dir, tmp_path)
     soft = label_by_model(manifest, evaluator_dir, soft=True, show_progress=False)
     np.testing.assert_allclose(soft["recognized"].to_numpy(), prob, atol=1e-6)
     out = tmp_path / "labels.parquet"
-    from semsim.labels import write_labels
-
     write_labels(table, out)
     back = read_labels(out)
     assert list(back["recognized"]) == list(table["recognized"])

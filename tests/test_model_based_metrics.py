@@ -17,12 +17,14 @@ from typer.testing import CliRunner
 from conftest import shared_path
 from semsim.checkpoint import save_checkpoint
 from semsim.cli import app
-from semsim.data.images import save_image
+from semsim.data.images import load_image, load_images, save_image
 from semsim.data.sets import ingest
 from semsim.errors import SemsimError
 from semsim.metrics import MetricUnavailable, column_direction, create, metric_info
 from semsim.metrics import model_based as mb
-from semsim.models.classifiers import create_model, model_config
+from semsim.metrics.lpips import BACKBONE_FILES
+from semsim.models.backbones import lpips_backbone
+from semsim.models.classifiers import create_model, load_model, model_config
 from semsim.scoring import build_metrics, score_manifest
 
 CLEAN_ACCURACY = 0.8
@@ -41,8 +43,6 @@ def evaluator_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def net(evaluator_dir):
     """The same network, loaded independently of the metric code."""
-    from semsim.models.classifiers import load_model
-
     return load_model(evaluator_dir)[0]
 
 
@@ -203,9 +203,6 @@ def test_iip_shared_originals_and_gallery() -> None:
 @pytest.fixture(scope="module")
 def lpips_weights_dir(tmp_path_factory) -> Path:
     """A weights folder: a random AlexNet backbone (torchvision format) and the real LPIPS linear heads."""
-    from semsim.metrics.lpips import BACKBONE_FILES
-    from semsim.models.backbones import lpips_backbone
-
     heads = shared_path("lpips_linear_weights", "v0.1", "alex.pth")
     folder = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
@@ -289,8 +286,6 @@ def test_scoring_aligns_set_metric_columns_with_mixed_sizes(tmp_path, evaluator_
         r = (o + 0.2 * torch.rand(3, size, size, generator=g)).clamp(0, 1)
         save_image(o, folder / f"{i}_{lab}_ori.png")
         save_image(r, folder / f"{i}_{lab}_rec.png")
-        from semsim.data.images import load_image
-
         y = load_image(folder / f"{i}_{lab}_rec.png")[None]
         with torch.no_grad():
             p = net(F.interpolate(y, size=(32, 32), mode="bilinear", antialias=True)).softmax(1)[0, lab]
@@ -312,8 +307,6 @@ def test_score_cli_with_evaluator(tmp_path, evaluator_dir, shared_data) -> None:
     """`semsim score --evaluator` on real CIFAR-10 images: the model-based columns join the panel."""
     files = sorted((shared_data / "cifar10_test" / "cat").glob("*.jpg"))[:4] + sorted(
         (shared_data / "cifar10_test" / "ship").glob("*.jpg"))[:4]
-    from semsim.data.images import load_images
-
     ori = load_images(files)
     rec = (ori + 0.1 * torch.randn(ori.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     _write_set(tmp_path / "set", ori, rec, [3] * 4 + [8] * 4)
@@ -329,3 +322,23 @@ def test_score_cli_with_evaluator(tmp_path, evaluator_dir, shared_data) -> None:
     sets = pd.read_csv(tmp_path / "scores_sets.csv")
     assert 0 <= sets["mr_accuracy_ci_low"][0] <= sets["mr_accuracy"][0] <= sets["mr_accuracy_ci_high"][0] <= 1
     assert sets["iip_pixel_precision"][0] == pytest.approx(table["iip_pixel"].mean())
+
+
+def test_unlabelled_set_skips_mr_but_scores_iip(tmp_path, evaluator_dir) -> None:
+    """Two folders matched by file name carry no class labels: mr says why it is skipped, iip still runs."""
+    ori, rec, _ = _iip_case(seed=13)
+    for folder, images in (("ori", ori), ("rec", rec)):
+        (tmp_path / folder).mkdir()
+        for i, img in enumerate(images):
+            save_image(img, tmp_path / folder / f"img{i:02d}.png")
+    manifest, _ = ingest(tmp_path / "ori", tmp_path / "rec")
+    assert "label" not in manifest
+    metrics, _ = build_metrics(["mr", "iip"], mr={"evaluator": evaluator_dir}, iip={"variants": ["pixel"]})
+    with pytest.warns(UserWarning, match="mr skipped: the set has no class labels"):
+        result = score_manifest(manifest, metrics, show_progress=False, n_bootstrap=20)
+    assert not any(c.startswith("mr_") for c in result.per_image.columns)
+    assert "mr_accuracy" not in result.per_set
+    x = load_images(list(manifest["original"])).numpy()
+    y = load_images(list(manifest["reconstruction"])).numpy()
+    ref = _brute_force_iip(y, x, list(range(12)), None, None)
+    np.testing.assert_array_equal(result.per_image["iip_pixel"].to_numpy(), ref)

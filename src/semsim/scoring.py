@@ -8,7 +8,6 @@ scored in torch.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +54,6 @@ def build_metrics(names: Sequence[str], device: str | torch.device = "cpu", **kw
             metrics[name] = create(name, **kwargs_by_metric.get(name, {})).to(device).eval()
         except MetricUnavailable as exc:
             notes.append(f"{name} skipped: {exc}")
-            warnings.warn(f"{name} skipped: {exc}", stacklevel=2)
     return metrics, notes
 
 

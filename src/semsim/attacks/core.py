@@ -89,6 +89,8 @@ class AttackConfig:
             (self.model_mode in MODEL_MODES, f"model_mode must be one of {', '.join(MODEL_MODES)}"),
             (not (self.optimizer == "lbfgs" and (self.restarts > 1 or self.group > 0)),
              "the L-BFGS attacks take one restart and no group term"),
+            (not (self.label == "optimize" and self.optimizer != "lbfgs"),
+             "label optimisation (DLG's soft label) runs with the L-BFGS optimizer only"),
         ]
         for ok, message in checks:
             if not ok:
@@ -141,8 +143,8 @@ class Attack:
         """Reconstruct one image per observed gradient.
 
         ``gradients``: one gradient (a list of tensors shaped like ``model.parameters()``), a list of such
-        gradients, or a list of ``(B, *param.shape)`` stacked tensors (``batched=True`` form of
-        :func:`~semsim.attacks.gradients.client_gradients`: pass it with ``len(labels) == B``).
+        gradients, or one ``(B, *param.shape)`` tensor per parameter (what
+        :func:`~semsim.attacks.gradients.client_gradients` returns).
         ``labels``: the true classes when the threat model gives them (ignored by DLG's label optimisation).
         ``generators``: one CPU generator per image for the random initialisation (reproducible per image).
         """

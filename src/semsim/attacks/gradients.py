@@ -38,24 +38,23 @@ def input_normalization(model: nn.Module, channels: int) -> tuple[torch.Tensor, 
 
 def head_weight_index(model: nn.Module) -> int:
     """Position (in ``model.parameters()`` order) of the last linear layer's weight (label recovery)."""
-    names = [n for n, _ in model.named_parameters()]
     head = getattr(model, "head", None)
     if isinstance(head, nn.Linear):
-        target = next(i for i, p in enumerate(model.parameters()) if p is head.weight)
-        return target
+        return next(i for i, p in enumerate(model.parameters()) if p is head.weight)
     linear = [i for i, (n, p) in enumerate(model.named_parameters()) if p.ndim == 2 and n.endswith("weight")]
     if not linear:
-        raise SemsimError(f"{model.__class__.__name__}: no linear layer among {names[-3:]}; "
-                          "label recovery needs a final nn.Linear (or pass the labels)")
+        raise SemsimError(f"{model.__class__.__name__}: no linear layer; label recovery needs a final "
+                          "nn.Linear")
     return linear[-1]
 
 
 class GradientModel:
     """A classifier viewed as a function ``(images, labels) -> per-sample parameter gradients``.
 
-    ``mode`` is ``eval`` (BatchNorm uses running statistics) or ``train`` (each image's own statistics).
-    ``track_bn`` additionally returns, per sample, each BatchNorm layer's input mean and variance
-    (for GradInversion's BN prior).
+    ``mode`` is ``eval`` (BatchNorm uses running statistics) or ``train`` (each image's own statistics;
+    a copy of the model is used). ``track_bn`` additionally returns, per sample, each BatchNorm layer's
+    input mean and variance (for GradInversion's BN prior). In eval mode the model is put in eval mode;
+    :meth:`close` restores its previous mode.
     """
 
     def __init__(self, model: nn.Module, mode: str = "eval", track_bn: bool = False) -> None:
@@ -65,6 +64,7 @@ class GradientModel:
         self.bn_layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_running = [(m.running_mean.detach().clone(), m.running_var.detach().clone())
                            for m in self.bn_layers if m.running_mean is not None]
+        self._model, self._was_training = model, model.training
         net = model
         if mode == "train" and self.bn_layers:
             net = copy.deepcopy(model)
@@ -116,9 +116,11 @@ class GradientModel:
         return total
 
     def close(self) -> None:
+        """Remove the hooks and restore the model's train/eval mode."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._model.train(self._was_training)
 
 
 def recover_labels(grads: Sequence[torch.Tensor], head_index: int) -> torch.Tensor:
@@ -140,8 +142,11 @@ def client_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     """
     defense = parse_defense(defense)
     gm = GradientModel(model, mode=mode)
-    with torch.no_grad():
-        grads, _ = gm.per_sample(images, labels)
+    try:
+        with torch.no_grad():
+            grads, _ = gm.per_sample(images, labels)
+    finally:
+        gm.close()
     if defense.kind == "none":
         return grads
     gens = list(generators) if generators is not None else [None] * images.shape[0]

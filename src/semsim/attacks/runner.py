@@ -14,10 +14,11 @@ uninterrupted run (on the same device; the ``seconds`` column is a timing and di
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,26 @@ def set_name(config: dict[str, Any], data: ImageDataset, defense: str, attack: s
     if train_defense != "none":
         variant = f"{variant}+{train_defense}"
     return f"{dataset}/{config['architecture']}/{variant}/{parse_defense(defense).name}/{attack}-{iterations}"
+
+
+@contextlib.contextmanager
+def deterministic(device: str | torch.device) -> Iterator[None]:
+    """On CUDA, ask for deterministic kernels while attacking (cuDNN and, where they exist, deterministic
+    versions of atomics-based ops), so a resumed run recomputes the same images; restored afterwards."""
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
 
 
 def _requested(data: ImageDataset, n: int | None, indices: Sequence[int] | None, seed: int) -> list[int]:
@@ -131,7 +152,7 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
     chunks = [list(range(s, min(s + batch_size, len(chosen)))) for s in range(0, len(chosen), batch_size)]
     bar = progress(total=len(chosen), initial=sum(i in done for i in ids), desc=name, unit="img",
                    enabled=show_progress)
-    try:
+    with deterministic(device), contextlib.closing(bar):
         for chunk in chunks:
             if all(ids[p] in done for p in chunk):
                 continue
@@ -155,8 +176,6 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
                 done[ids[p]] = row
                 bar.update(1)
             _write(done, ids, out)
-    finally:
-        bar.close()
     return read_manifest(out / MANIFEST)
 
 

@@ -61,7 +61,9 @@ def run_cmd(
                                             "(host:6379 or ray://host:10001), or local")] = None,
     retries: Annotated[int | None, typer.Option(min=0, help="extra attempts per task (default: the grid's)")
                        ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="torch threads (CPUs) per task")] = None,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="torch threads (CPUs) per task (default: CPUs / workers locally, 1 on Ray; "
+                    "1 on a busy machine)")] = None,
     gpus_per_task: Annotated[float, typer.Option(min=0.01, help="GPUs Ray reserves per CUDA task "
                                                  "(0.25: four tasks share a GPU)")] = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,

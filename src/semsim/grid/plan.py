@@ -91,9 +91,14 @@ def _file_stamp(path: str) -> str:
     return f"{path}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def task_key(kind: str, params: dict[str, Any], dep_keys: list[str]) -> str:
-    """A stable hash of what a task computes (its result depends on exactly these)."""
-    blob = json.dumps({"kind": kind, "params": params, "deps": dep_keys}, sort_keys=True, default=str)
+def task_key(task_id: str, kind: str, params: dict[str, Any], dep_keys: list[str]) -> str:
+    """A stable hash of what a task computes: its identity, settings and the keys of the tasks it reads.
+
+    The id is part of it, so two tasks with equal settings (two victims trained from the same recipe) never
+    share a key, nor a work folder.
+    """
+    blob = json.dumps({"id": task_id, "kind": kind, "params": params, "deps": dep_keys}, sort_keys=True,
+                      default=str)
     return _digest(blob)
 
 
@@ -285,7 +290,7 @@ def build_plan(spec: GridSpec) -> Plan:
         tasks += more
     keys: dict[str, str] = {}
     for t in tasks:
-        t.key = task_key(t.kind, t.params, [keys[d] for d in t.deps])
+        t.key = task_key(t.id, t.kind, t.params, [keys[d] for d in t.deps])
         t.work = str(root / "work" / t.key)
         keys[t.id] = t.key
     ids = [t.id for t in tasks]

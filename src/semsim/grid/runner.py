@@ -157,6 +157,7 @@ def run_plan(plan: Plan, *, workers: int | None = None, ray: str | None = None, 
     tasks = plan.by_id()
     start = time.time()
     with run_lock(spec.out):
+        executor = _make_executor(workers, ray, threads or spec.threads, gpus_per_task)  # fails early
         for path, df in plan.inputs.items():
             write_table(df, path)
         write_json({"grid": str(spec.path), "written": _now(), "rate_kind": plan.rate_kind,
@@ -166,7 +167,6 @@ def run_plan(plan: Plan, *, workers: int | None = None, ray: str | None = None, 
             if is_done(t):
                 states[t.id] = TaskState(status="done", skipped=True)
         report = RunReport(plan, states)
-        executor = _make_executor(workers, ray, threads or spec.threads, gpus_per_task)
         writer = _StateWriter(plan, executor.name)
         bar = progress(total=len(plan.tasks), initial=report.count("done"), desc="grid", unit="task",
                        enabled=show_progress)

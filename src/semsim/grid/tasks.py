@@ -102,7 +102,7 @@ def _run_score(task: Task, work: Path) -> dict[str, Any]:
     from semsim.data.sets import read_manifest
     from semsim.errors import SemsimError
     from semsim.io import write_table
-    from semsim.scoring import build_metrics, score_manifest
+    from semsim.scoring import ScoreResult, build_metrics, score_manifest
 
     p = task.params
     manifest = pd.concat([read_manifest(m) for m in p["manifests"]], ignore_index=True)
@@ -117,11 +117,14 @@ def _run_score(task: Task, work: Path) -> dict[str, Any]:
     metrics, notes = build_metrics(p["metrics"], device=task.device, **p["options"])
     if not metrics:
         raise SemsimError("none of the metrics can run here: " + "; ".join(notes))
-    result = score_manifest(manifest, metrics, device=task.device, batch_size=p["batch_size"],
-                            skip_bad=p["skip_bad"], show_progress=False)
+    if len(manifest):
+        result = score_manifest(manifest, metrics, device=task.device, batch_size=p["batch_size"],
+                                skip_bad=p["skip_bad"], show_progress=False)
+    else:  # every image of the shard failed in the attack: nothing to score, the failures are reported
+        result = ScoreResult(pd.DataFrame(columns=["set", "image_id"]), pd.DataFrame(), pd.DataFrame())
     write_table(result.per_image, work / "scores.parquet")
-    skipped = pd.concat([f for f in (failed, result.skipped) if len(f)], ignore_index=True) if (
-        len(failed) or len(result.skipped)) else pd.DataFrame()
+    parts = [f for f in (failed, result.skipped) if len(f)]
+    skipped = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if len(skipped):
         write_table(skipped[["set", "image_id", "status"]].astype(str), work / "skipped.parquet")
     set_values: dict[str, float] = {}

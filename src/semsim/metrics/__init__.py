@@ -24,5 +24,6 @@ from semsim.metrics.registry import (
     register_metric,
 )
 
-__all__ = ["LPIPS", "MetricInfo", "MetricUnavailable", "check_pair", "column_direction", "create", "fid_from_features",
-           "frechet_distance", "list_metrics", "metric_info", "ms_ssim", "mse", "psnr", "register_metric", "ssim"]
+__all__ = ["LPIPS", "MetricInfo", "MetricUnavailable", "check_pair", "column_direction", "create",
+           "fid_from_features", "frechet_distance", "list_metrics", "metric_info", "ms_ssim", "mse", "psnr",
+           "register_metric", "ssim"]

@@ -81,12 +81,12 @@ def _filter_valid(t: torch.Tensor, sigma: float) -> torch.Tensor:
         return torch.matmul(torch.matmul(gh, t), gw.t())
     taps = _gaussian_taps(sigma)
     k = len(taps)
-    rows = t[..., :, 0 : w - k + 1] * taps[0]
+    cols = t[..., 0 : h - k + 1, :] * taps[0]  # down the columns first: contiguous slabs, fewer rows after
     for i in range(1, k):
-        rows.add_(t[..., :, i : i + w - k + 1], alpha=taps[i])
-    out = rows[..., 0 : h - k + 1, :] * taps[0]
+        cols.add_(t[..., i : i + h - k + 1, :], alpha=taps[i])
+    out = cols[..., :, 0 : w - k + 1] * taps[0]
     for i in range(1, k):
-        out.add_(rows[..., i : i + h - k + 1, :], alpha=taps[i])
+        out.add_(cols[..., :, i : i + w - k + 1], alpha=taps[i])
     return out
 
 
