@@ -28,7 +28,7 @@ from semsim.scoring import score_manifest
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10_test"
 
 
-def best_of(fn, repeats: int = 3) -> float:
+def best_of(fn, repeats: int = 5) -> float:
     """Fastest of ``repeats`` runs, in seconds (after one warm-up run)."""
     fn()
     times = []
@@ -45,7 +45,10 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         raise SystemExit(f"{DATA} is absent; this benchmark needs the shared CIFAR-10 test images")
     device = torch.device(args.device)

@@ -140,42 +140,40 @@ def test_dlg_recovers_a_real_image_on_lenet():
     assert psnr(x, out.images).item() > 30
 
 
+def invgrad_psnrs(model, x, y, attack) -> dict[str, float]:
+    """Mean PSNR of the attack on clean and noise-1e-2 gradients, and of a blank and a random image."""
+    n = len(y)
+    clean = attack.reconstruct(model, client_gradients(model, x, y), y, (3, 32, 32), generators=gens(n))
+    noisy_grads = client_gradients(model, x, y, "noise-1e-2", gens(n, 100))
+    noisy = attack.reconstruct(model, noisy_grads, y, (3, 32, 32), generators=gens(n))
+    assert all(r["status"] == "ok" for r in clean.records + noisy.records)
+    random = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    return {"clean": psnr(x, clean.images).mean().item(), "noisy": psnr(x, noisy.images).mean().item(),
+            "blank": psnr(x, torch.full_like(x, 0.5)).mean().item(), "random": psnr(x, random).mean().item()}
+
+
+@pytest.mark.slow
 def test_invgrad_on_a_small_convnet_beats_blank_and_random_and_noise_defense_hurts():
     root = shared_path("cifar10_test")
     x = load_images([root / "airplane" / "0000.jpg", root / "automobile" / "0000.jpg"])
-    y = torch.tensor([0, 1])
     torch.manual_seed(0)
     model = create_model("convnet", 10, width=16).eval()
-    attack = create_attack("invgrad", iterations=250, schedule="none")  # the schedule would cut lr after 93
-    clean = attack.reconstruct(model, client_gradients(model, x, y), y, (3, 32, 32), generators=gens(2))
-    noisy_grads = client_gradients(model, x, y, "noise-1e-2", gens(2, 100))
-    noisy = attack.reconstruct(model, noisy_grads, y, (3, 32, 32), generators=gens(2))
-    p_clean, p_noisy = psnr(x, clean.images).mean().item(), psnr(x, noisy.images).mean().item()
-    p_blank = psnr(x, torch.full_like(x, 0.5)).mean().item()
-    p_random = psnr(x, torch.rand(x.shape, generator=torch.Generator().manual_seed(0))).mean().item()
-    assert p_clean > max(p_blank, p_random) + 5
-    assert p_noisy < p_clean - 2
+    # Test-sized: 250 iterations without the step schedule (which would cut the step size after 93).
+    attack = create_attack("invgrad", iterations=250, schedule="none")
+    p = invgrad_psnrs(model, x, torch.tensor([0, 1]), attack)
+    assert p["clean"] > max(p["blank"], p["random"]) + 5  # measured: 18.5 dB vs 11.0 (blank), 7.8 (random)
+    assert p["noisy"] < p["clean"] - 2  # measured: 7.0 dB
 
 
-def test_invgrad_beats_blank_and_random_and_noise_defense_hurts():
-    # An untrained ReLU ConvNet needs thousands of iterations (see README); the sigmoid LeNet shows the
-    # attack's behaviour within a test's budget.
-    # Test-sized settings: no step schedule (at 150 iterations it would cut the step after 56) and no TV
-    # (LeNet's gradient is matched to float precision within ~100 steps; after that the signed step
-    # follows the sign of the TV term alone and smooths the image).
+def test_invgrad_on_lenet_beats_blank_and_random_and_noise_defense_hurts():
+    # The same on a LeNet, without TV: its gradient is matched to float precision within ~100 steps, after
+    # which the signed step follows the sign of the TV term alone and smooths the image.
     x, y = cifar_images(1, number=2)
     torch.manual_seed(0)
     model = create_model("lenet", 10).eval()
-    attack = create_attack("invgrad", iterations=150, schedule="none", tv=0.0)
-    clean = attack.reconstruct(model, client_gradients(model, x, y), y, (3, 32, 32), generators=gens(1))
-    noisy_grads = client_gradients(model, x, y, "noise-1e-2", gens(1, 100))
-    noisy = attack.reconstruct(model, noisy_grads, y, (3, 32, 32), generators=gens(1))
-    p_clean, p_noisy = psnr(x, clean.images).mean().item(), psnr(x, noisy.images).mean().item()
-    p_blank = psnr(x, torch.full_like(x, 0.5)).mean().item()
-    p_random = psnr(x, torch.rand(x.shape, generator=torch.Generator().manual_seed(0))).mean().item()
-    assert p_clean > max(p_blank, p_random) + 10
-    assert p_noisy < p_clean - 2
-    assert all(r["status"] == "ok" and r["iterations"] == 150 for r in clean.records)
+    p = invgrad_psnrs(model, x, y, create_attack("invgrad", iterations=150, schedule="none", tv=0.0))
+    assert p["clean"] > max(p["blank"], p["random"]) + 10
+    assert p["noisy"] < p["clean"] - 2
 
 
 def test_batched_equals_one_at_a_time():

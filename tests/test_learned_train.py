@@ -215,12 +215,14 @@ def test_cli_train_score_evaluate(
             "1",
             "--anchor",
             "all",
+            "--soft",
             "--quiet",
         ],
     )
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert cfg["training"]["config"]["anchor"] == "all" and "not human judgments" in res.output
+    assert cfg["training"]["config"]["anchor"] == "all" and cfg["training"]["config"]["label_mode"] == "soft"
+    assert "not human judgments" in res.output
     manifest = labels[labels["set"] == "synthetic/kept0"][["set", "image_id", "original", "reconstruction"]]
     manifest.to_csv(tmp_path / "manifest.csv", index=False)
     res = runner.invoke(
@@ -279,3 +281,38 @@ def test_cli_train_score_evaluate(
         ],
     )
     assert res.exit_code != 0
+
+
+def test_evaluate_trains_on_some_sets_and_tests_on_others(
+    data: tuple[Path, pd.DataFrame], tmp_path: Path
+) -> None:
+    from semsim.learned.evaluate import evaluate_generalization
+
+    labels = data[1][data[1]["image_id"].isin([f"{i}_0" for i in range(8)])].assign(
+        original_id=lambda d: d["image_id"]
+    )
+    result = evaluate_generalization(
+        labels,
+        tmp_path,
+        train_sets="synthetic/*0",
+        config=TrainConfig(epochs=1, **TINY),
+        baselines=("psnr",),
+        show_progress=False,
+    )
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert load_semsim(tmp_path / "model")[1]["training"]["sets"] == ["synthetic/blob0", "synthetic/kept0"]
+    assert list(result.summary["column"]) == ["semsim", "psnr"]
+    assert sorted(result.per_set["set"]) == ["synthetic/blob1", "synthetic/kept1"]
+    assert (result.summary["n_pairs"] == 16).all() and result.summary["auroc"].between(0, 1).all()
+    assert any("Spearman needs at least 3" in n for n in result.notes)
+    with pytest.raises(SemsimError, match="every test original"):
+        evaluate_generalization(
+            labels,
+            tmp_path,
+            train_sets="synthetic/*0",
+            disjoint_originals=True,
+            config=TrainConfig(epochs=1, **TINY),
+            show_progress=False,
+        )
+    with pytest.raises(SemsimError, match="both training and testing"):
+        evaluate_generalization(labels, tmp_path, train_sets="synthetic/*", test_sets="synthetic/kept1")

@@ -155,6 +155,11 @@ def join_scores_labels(scores: pd.DataFrame | str | os.PathLike,
         raise SemsimError(f"{where}: no numeric metric column to analyse")
     for c in cols:
         table[c] = pd.to_numeric(table[c], errors="coerce")
+    empty = [c for c in cols if table[c].isna().all()]
+    if empty and not metrics:
+        notes.append(f"metric column(s) {', '.join(empty)} have no values (e.g. MS-SSIM on small images) "
+                     "and are left out")
+        cols = [c for c in cols if c not in empty]
     dirs = resolve_directions(cols, directions)
     present = ~np.isnan(table[cols].to_numpy(dtype=float)).any(axis=1)
     if not present.all():

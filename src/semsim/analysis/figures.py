@@ -100,7 +100,7 @@ def roc_figure(data: AnalysisData) -> Figure:
         target, n_others = _majority_of(np.delete(judges, k, axis=1))
         keep = np.isfinite(judges[:, k]) & (n_others > 0)
         yt, own = target[keep], judges[keep, k] > 0.5
-        if yt.min() == yt.max():
+        if len(yt) == 0 or yt.min() == yt.max():
             continue
         ax.plot(np.mean(own[~yt]), np.mean(own[yt]), "kx", ms=7,
                 label="one annotator vs the others' majority" if k == 0 else None)

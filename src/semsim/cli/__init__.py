@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+import warnings
 
 import typer
 
@@ -40,8 +41,18 @@ def _register_commands() -> None:
 _register_commands()
 
 
+_shown: set[str] = set()
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    if str(message) not in _shown:
+        _shown.add(str(message))
+        typer.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: one-line errors and warnings (each distinct warning once)."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except SemsimError as exc:

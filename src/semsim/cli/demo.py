@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
+from semsim.cli.score import print_summary
 from semsim.demo import DemoConfig, run_demo
+
+SUMMARY_COLUMNS = ("psnr", "ssim", "mr_correct", "iip_pixel", "semsim")
 
 
 def demo(
@@ -18,9 +21,7 @@ def demo(
 ) -> None:
     """Train a victim with and without a defense, attack it, score, analyse, and write a report."""
     result = run_demo(DemoConfig(out=out, n_images=n_images, device=device, show_progress=not quiet))
-    from semsim.cli.score import print_summary
-
-    columns = [c for c in result.per_image.columns if c not in ("set", "image_id")]
+    columns = [c for c in SUMMARY_COLUMNS if c in result.per_image.columns]
     print_summary(result.per_set, columns)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)

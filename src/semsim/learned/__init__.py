@@ -2,8 +2,9 @@
 
 ``load_labels`` turns label sources into one label table, ``train_semsim`` learns the embedding with a
 triplet loss, ``load_semsim`` loads a trained model, and the registered metric ``semsim`` scores pairs by the
-L2 distance of their embeddings. ``evaluate_generalization`` runs the paper's train-on-some-sets,
-test-on-others protocol.
+L2 distance of their embeddings. ``semsim.learned.evaluate.evaluate_generalization`` runs the paper's
+train-on-some-sets, test-on-others protocol (not imported here: it builds on :mod:`semsim.scoring`, which
+imports the metric registry that this package registers into).
 """
 
 from semsim.learned.labels_in import load_labels, read_label_table, read_release

@@ -227,6 +227,10 @@ def train_semsim(
     out, device = Path(out), torch.device(device)
     if not isinstance(labels, pd.DataFrame):
         labels = load_labels(labels)
+    missing = [c for c in ("original", "reconstruction", "recognized") if c not in labels.columns]
+    if missing:
+        raise SemsimError(f"labels: no {', '.join(missing)} column(s); load them with load_labels (with the "
+                          "sets' manifests when the table has no image paths)")
     if "original_id" not in labels.columns:
         labels = labels.assign(original_id=labels["image_id"].where(labels["original"].notna(), None))
     fingerprint = _fingerprint(labels, config)
