@@ -49,7 +49,7 @@ def test_report_numbers_match_the_score_table(demo):
     result, out = demo
     page = result.report.read_text()
     per_set = pd.read_csv(out / "scores_sets.csv")
-    for set_name, psnr in zip(per_set["set"], per_set["psnr_mean"]):
+    for set_name, psnr in zip(per_set["set"], per_set["psnr_mean"], strict=True):
         assert set_name in page
         assert f"{psnr:.3f}" in page
     recognized = read_labels(out / "labels.csv").groupby("set")["recognized"].mean()

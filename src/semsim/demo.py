@@ -1,7 +1,8 @@
 """``semsim demo``: the whole assessment, offline, on data bundled with the dependencies.
 
-1. Train a small victim (Inverting Gradients' ConvNet, narrowed to width 8) on scikit-learn's handwritten digits, once without a defense and once
-   with a training-time defense whose gradients the attacker then observes (Gaussian noise).
+1. Train a small victim (Inverting Gradients' ConvNet, narrowed to width 8) on scikit-learn's handwritten
+   digits, once without a defense and once with a training-time defense whose gradients the attacker then
+   observes (Gaussian noise).
 2. Reconstruct held-out digits from single-image gradients with two attacks (iDLG and Inverting Gradients).
 3. Train an evaluation classifier on clean digits; label each reconstruction by whether it recognises it
    (model-based labels: no humans are involved in the demo, and the report says so).
@@ -132,7 +133,8 @@ def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
     semsim_model = out / "models" / "semsim"
     semsim_config = train_semsim(labels, semsim_model,
                  TrainConfig(architecture="convnet", arch_kwargs={"width": 8}, image_size=cfg.image_size,
-                             epochs=cfg.semsim_epochs, batch_size=32, seed=cfg.seed, mean=tuple(victims["none"]["mean"]),
+                             epochs=cfg.semsim_epochs, batch_size=32, seed=cfg.seed,
+                             mean=tuple(victims["none"]["mean"]),
                              std=tuple(victims["none"]["std"])),
                  device=cfg.device, show_progress=cfg.show_progress)
     lap("train SemSim")

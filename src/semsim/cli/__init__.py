@@ -52,9 +52,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main() -> None:
     """Console entry point: one-line errors and warnings (each distinct warning once)."""
-    warnings.showwarning = _show_warning
-    try:
-        app()
-    except SemsimError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            app()
+        except SemsimError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            sys.exit(2)

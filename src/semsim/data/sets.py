@@ -191,7 +191,9 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     dupes = df.duplicated(["set", "image_id"])
     if dupes.any():
         row = df[dupes].iloc[0]
-        raise SemsimError(f"{path}: image_id '{row['image_id']}' appears twice in set '{row['set']}'; ids must be unique")
+        raise SemsimError(
+            f"{path}: image_id '{row['image_id']}' appears twice in set '{row['set']}'; ids must be unique"
+        )
     return resolve_paths(df, path.parent)
 
 

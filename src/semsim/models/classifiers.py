@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,7 +59,7 @@ class LeNet(Classifier):
             nn.Conv2d(12, 12, 5, padding=2, stride=1), act(),
             nn.Flatten(),
         )
-        side = -(-(-(-image_size // 2)) // 2)  # two stride-2 convolutions with padding 2, rounding up
+        side = math.ceil(math.ceil(image_size / 2) / 2)  # two stride-2 5x5 convolutions with padding 2
         self.feature_dim = 12 * side * side
         self.head = nn.Linear(self.feature_dim, num_classes)
 
@@ -122,7 +123,7 @@ class CifarResNet(Classifier):
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]), nn.ReLU())
         layers, cin = [], widths[0]
-        for i, (n, w) in enumerate(zip(blocks, widths)):
+        for i, (n, w) in enumerate(zip(blocks, widths, strict=True)):
             for j in range(n):
                 layers.append(BasicBlock(cin, w, stride=2 if (i > 0 and j == 0) else 1))
                 cin = w
