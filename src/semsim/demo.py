@@ -22,22 +22,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
-from semsim.analysis.figures import _figure, png_bytes
-from semsim.analysis.report import _STYLE, _img, _table, analyze
+from semsim.analysis.figures import new_figure, png_bytes
+from semsim.analysis.report import REPORT_STYLE, analyze, html_image, html_table
 from semsim.attacks import attack_set
-from semsim.checkpoint import save_checkpoint
-from semsim.data.bundled import load_bundled
-from semsim.data.datasets import ImageDataset, channel_stats, train_val_split
+from semsim.data.datasets import load_dataset, train_val_split
 from semsim.data.images import read_arrays
 from semsim.io import atomic_write, write_table
 from semsim.labeling import label_by_model
 from semsim.labels import write_labels
 from semsim.learned.train import TrainConfig, train_semsim
-from semsim.models import create_model, model_config
 from semsim.scoring import build_metrics, default_metric_names, score_manifest
-from semsim.victims.train import train_classifier
+from semsim.victims.train import train_to_checkpoint
+
+DIGITS = "bundled:digits"
+HELD_OUT = 0.25  # share of the digits held out of training; the attacked originals come from it
 
 
 @dataclass
@@ -51,7 +50,7 @@ class DemoConfig:
     evaluator_epochs: int = 4
     # attack -> settings; total variation is raised from Inverting Gradients' 1e-4 for the 16x16 digits
     attacks: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "idlg": {"iterations": 100}, "invgrad": {"iterations": 400, "tv": 1e-2}})
+        "idlg": {"iterations": 100}, "invgrad": {"iterations": 500, "tv": 1e-2}})
     defenses: tuple[str, ...] = ("none", "noise-1e-2")
     semsim_epochs: int = 12
     batch_size: int = 32
@@ -70,21 +69,13 @@ class DemoResult:
     seconds: dict[str, float]
 
 
-def _train(arch: str, train: ImageDataset, cfg: DemoConfig, folder: Path, *, role: str, epochs: int,
-           seed: int, defense: str = "none", val: ImageDataset | None = None) -> dict[str, Any]:
-    """Train a width-8 ConvNet (Inverting Gradients' architecture, narrowed for the CPU) and save it."""
-    mean, std = channel_stats(train)
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=train.num_classes, image_size=train.image_size, width=8, mean=mean,
-                         std=std)
-    result = train_classifier(model, train, epochs=epochs, batch_size=32, lr=0.05, defense=defense, val=val,
-                              device=cfg.device, seed=seed, show_progress=cfg.show_progress)
-    config = model_config(arch, train.num_classes, train.image_size, mean, std, role=role,
-                          arch_kwargs={"width": 8}, clean_accuracy=result["accuracy"],
-                          training={"dataset": train.name, "augment": "none", "defense": defense,
-                                    "epochs": epochs, "train_accuracy": result["train_accuracy"]})
-    save_checkpoint(folder, model, config)
-    return config
+def _train(folder: Path, cfg: DemoConfig, *, role: str, epochs: int, seed: int, defense: str = "none"
+           ) -> dict[str, Any]:
+    """Train a width-8 ConvNet (Inverting Gradients' architecture, narrowed for the CPU) on the training part
+    of the digits (the same stratified split the attacks draw their held-out images from) and save it."""
+    return train_to_checkpoint(folder, role=role, arch="convnet", width=8, data=DIGITS, image_size=cfg.image_size,
+                               epochs=epochs, defense=defense, val_split=HELD_OUT, batch_size=32, lr=0.05,
+                               seed=seed, split_seed=cfg.seed, device=cfg.device, show_progress=cfg.show_progress)
 
 
 def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
@@ -102,11 +93,11 @@ def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
         seconds[step] = now - clock
         clock = now
 
-    digits = load_bundled("digits", image_size=cfg.image_size)
-    train, held_out, _, _ = train_val_split(digits, 0.25, seed=cfg.seed)
-    train.name = held_out.name = digits.name
-    victims = {d: _train("convnet", train, cfg, out / "models" / f"victim-{d}", role="victim",
-                         epochs=cfg.victim_epochs, seed=cfg.seed, defense=d) for d in cfg.defenses}
+    digits = load_dataset(DIGITS, image_size=cfg.image_size)
+    _, held_out, _, _ = train_val_split(digits, HELD_OUT, seed=cfg.seed)
+    held_out.name = digits.name
+    victims = {d: _train(out / "models" / f"victim-{d}", cfg, role="victim", epochs=cfg.victim_epochs,
+                         seed=cfg.seed, defense=d) for d in cfg.defenses}
     lap("train victims")
 
     manifests = []
@@ -124,8 +115,8 @@ def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
     lap("attacks")
 
     evaluator = out / "models" / "evaluator"
-    clean_accuracy = _train("convnet", train, cfg, evaluator, role="evaluator", epochs=cfg.evaluator_epochs,
-                            seed=cfg.seed + 1, val=held_out)["clean_accuracy"]
+    clean_accuracy = _train(evaluator, cfg, role="evaluator", epochs=cfg.evaluator_epochs,
+                            seed=cfg.seed + 1)["clean_accuracy"]
     labels = label_by_model(manifest, evaluator, device=cfg.device, show_progress=cfg.show_progress)
     write_labels(labels, out / "labels.csv")
     lap("evaluator and model-based labels")
@@ -153,7 +144,7 @@ def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
     notes += analysis.notes
     lap("analysis")
 
-    facts = {"victim training accuracy": {d: v["training"]["train_accuracy"] for d, v in victims.items()},
+    facts = {"victim training accuracy": {d: v["train_accuracy"] for d, v in victims.items()},
              "evaluator clean accuracy (held-out digits)": clean_accuracy,
              "reconstructions per configuration": cfg.n_images,
              "SemSim validation on held-out originals": semsim_config.get("validation", {})}
@@ -169,7 +160,7 @@ def pair_grid(manifest: pd.DataFrame, n: int = 12) -> bytes:
     rows = manifest.head(n)
     originals = read_arrays(list(rows["original"]), workers=1)
     recs = read_arrays(list(rows["reconstruction"]), workers=1)
-    fig = _figure(0.8 * len(rows) + 0.6, 1.9)
+    fig = new_figure(0.8 * len(rows) + 0.6, 1.9)
     axes = fig.subplots(2, len(rows), squeeze=False)
     for k in range(len(rows)):
         for r, img in enumerate((originals[k], recs[k])):
@@ -186,7 +177,8 @@ def pair_grid(manifest: pd.DataFrame, n: int = 12) -> bytes:
 def _set_summary(per_set: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
     rate = labels.groupby("set")["recognized"].mean().rename("recognized by evaluator")
     cols = [c for c in per_set.columns if c.endswith("_mean")]
-    table = per_set[["set", "n", *cols]].rename(columns={c: c[: -len("_mean")] for c in cols})
+    table = per_set[["set", "n", *cols]].dropna(axis=1, how="all")  # e.g. MS-SSIM, undefined on small images
+    table = table.rename(columns={c: c[: -len("_mean")] for c in cols})
     return table.merge(rate, left_on="set", right_index=True, how="left")
 
 
@@ -197,7 +189,7 @@ def render_report(cfg: DemoConfig, manifest: pd.DataFrame, per_set: pd.DataFrame
     total = sum(seconds.values())
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>semsim demo report</title>",
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{REPORT_STYLE}</style></head><body>",
         "<h1>semsim demo: how much do gradient-inversion reconstructions leak?</h1>",
         "<p>A small ConvNet victim was trained on scikit-learn's handwritten digits, once plainly and once with a "
         "training-time defense whose noisy gradients are all the attacker sees. Held-out digits were "
@@ -211,21 +203,21 @@ def render_report(cfg: DemoConfig, manifest: pd.DataFrame, per_set: pd.DataFrame
         "<p class='note'>Means over the reconstructions of each configuration (set name: "
         "dataset/victim/training variant/observed-gradient defense/attack-iterations). Higher PSNR, SSIM, "
         "MR and IIP and lower MSE, feature distance and SemSim distance mean more leakage.</p>",
-        _table(_set_summary(per_set, labels)),
+        html_table(_set_summary(per_set, labels)),
         "<h2>Reconstructions</h2>",
     ]
     for set_name, rows in manifest.groupby("set", sort=False):
         parts.append(f"<h3>{esc(str(set_name))}</h3>")
-        parts.append(_img(pair_grid(rows), f"originals and reconstructions of {set_name}"))
+        parts.append(html_image(pair_grid(rows), f"originals and reconstructions of {set_name}"))
     parts.append("<h2>Which metric agrees with recognition?</h2>")
     parts.append("<p class='note'>From the faithfulness analysis (full report: "
                  "<a href='analysis/report.html'>analysis/report.html</a>).</p>")
     for key in ("image_level", "set_level"):
         if key in analysis.tables:
-            parts.append(f"<h3>{key.replace('_', '-')}</h3>{_table(analysis.tables[key])}")
+            parts.append(f"<h3>{key.replace('_', '-')}</h3>{html_table(analysis.tables[key])}")
     for name, png in analysis.figures.items():
         if name in ("scatter", "roc"):
-            parts.append(_img(png, name))
+            parts.append(html_image(png, name))
     parts.append("<h2>Run</h2><ul>")
     for k, v in facts.items():
         parts.append(f"<li>{esc(k)}: {esc(_fmt(v))}</li>")

@@ -18,7 +18,7 @@ import torch
 
 from semsim.data.images import DecodePool, read_arrays, to_tensor
 from semsim.errors import SemsimError
-from semsim.metrics.registry import MetricUnavailable, create, list_metrics, metric_info
+from semsim.metrics.registry import MetricUnavailable, create, decoded_inputs, list_metrics, metric_info
 from semsim.progress import progress
 
 _PROCESS_DECODE_MIN = 256  # pairs from which decoding in worker processes pays for starting them
@@ -150,7 +150,7 @@ def _score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module],
                     labels = (torch.tensor(sub["label"].to_numpy(dtype=np.int64), device=device)
                               if has_labels else None)
                     keys = list(sub["original"])
-                    with torch.no_grad():
+                    with torch.no_grad(), decoded_inputs():
                         for name, metric in image_metrics.items():
                             out = metric(x, y, labels=labels, original_keys=keys)
                             for col, v in _as_columns(name, out).items():

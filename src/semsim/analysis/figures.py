@@ -21,7 +21,8 @@ from semsim.errors import SemsimError
 from semsim.labels import majority
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure on the Agg canvas (no display needed), laid out automatically."""
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -58,7 +59,7 @@ def _grid_shape(n: int, ncols: int = 3) -> tuple[int, int]:
 def scatter_figure(per_set: pd.DataFrame, correlations: pd.DataFrame, metrics: list[str]) -> Figure:
     """Per metric: set means (x) against the human recognition rate (y), regression line and 95% band."""
     nrows, ncols = _grid_shape(len(metrics))
-    fig = _figure(3.3 * ncols, 2.9 * nrows)
+    fig = new_figure(3.3 * ncols, 2.9 * nrows)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     y = per_set["recognition_rate"].to_numpy()
     for ax, m in zip(axes, metrics, strict=False):
@@ -86,7 +87,7 @@ def roc_figure(data: AnalysisData) -> Figure:
 
     t = data.table
     y = majority(t).to_numpy()
-    fig = _figure(5.2, 4.6)
+    fig = new_figure(5.2, 4.6)
     ax = fig.subplots()
     if y.min() == y.max():
         ax.text(0.5, 0.5, "only one class: no ROC curve", ha="center")
@@ -114,7 +115,7 @@ def roc_figure(data: AnalysisData) -> Figure:
 def matrix_figure(matrix: pd.DataFrame) -> Figure:
     """The contradiction matrix as an annotated heat map."""
     n = len(matrix)
-    fig = _figure(1.0 + 0.75 * n, 0.8 + 0.65 * n)
+    fig = new_figure(1.0 + 0.75 * n, 0.8 + 0.65 * n)
     ax = fig.subplots()
     im = ax.imshow(matrix.to_numpy(), vmin=0, vmax=0.5, cmap="Reds")
     ax.set_xticks(range(n), matrix.columns, rotation=45, ha="right", fontsize=8)
@@ -129,7 +130,7 @@ def matrix_figure(matrix: pd.DataFrame) -> Figure:
 def reliability_figure(data: AnalysisData, probs: pd.DataFrame, bins: int = 10) -> Figure:
     """Reliability diagram of the held-out calibrated probabilities of each metric."""
     y = majority(data.table).to_numpy(dtype=float)
-    fig = _figure(5.2, 4.6)
+    fig = new_figure(5.2, 4.6)
     ax = fig.subplots()
     for m in data.metrics:
         p = probs[f"p_{m}"].to_numpy()
@@ -184,7 +185,7 @@ def disagreement_figure(data: AnalysisData, metric: str, k: int = 4) -> Figure |
     n_rows = max(len(cells) for _, cells in groups)
     if n_rows == 0:
         return None
-    fig = _figure(8.0, 1.7 * n_rows + 0.5)
+    fig = new_figure(8.0, 1.7 * n_rows + 0.5)
     axes = fig.subplots(n_rows, 4, squeeze=False)
     for g, (title, cells) in enumerate(groups):
         axes[0, 2 * g].set_title(f"{title}\noriginal", fontsize=7, loc="left")

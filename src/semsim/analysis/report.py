@@ -100,19 +100,21 @@ def analyze(scores: pd.DataFrame | str | os.PathLike, labels: pd.DataFrame | str
     return report
 
 
-def _img(png: bytes, alt: str) -> str:
+def html_image(png: bytes, alt: str) -> str:
+    """An <img> tag embedding ``png`` (nothing is fetched when the page is viewed)."""
     return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
             f'{base64.b64encode(png).decode("ascii")}">')
 
 
-def _table(df: pd.DataFrame, digits: int = 3) -> str:
+def html_table(df: pd.DataFrame, digits: int = 3) -> str:
+    """A plain HTML table of ``df`` with ``digits`` decimals."""
     if not len(df.columns):
         return "<p><em>not computed</em></p>"
     return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}f}", na_rep="-", border=0,
                       classes="t", escape=True)
 
 
-_STYLE = """
+REPORT_STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 table.t{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}
 table.t th,table.t td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
@@ -132,7 +134,7 @@ def render_html(data: AnalysisData, report: AnalysisReport, inputs: dict, *, n_b
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>semsim faithfulness report</title>",
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{REPORT_STYLE}</style></head><body>",
         "<h1>Faithfulness of privacy-leakage metrics to human judgment</h1>",
         f"<p class='note'>semsim {__version__}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}. "
         f"Scores: {html.escape(str(inputs['scores']))}; labels: {html.escape(str(inputs['labels']))}. "
@@ -147,35 +149,35 @@ def render_html(data: AnalysisData, report: AnalysisReport, inputs: dict, *, n_b
         parts.append(f"<ul class='note'>{items}</ul>")
     parts += [
         "<h2>Set level</h2><p>Per set (victim configuration): the share of images a majority recognized and "
-        "each metric's mean.</p>", _table(tb["set_level"]),
+        "each metric's mean.</p>", html_table(tb["set_level"]),
         "<p>Across sets: rank (Spearman, Kendall) and linear (Pearson) correlation of each metric's aligned "
         "mean with the recognition rate, p-values and 95% bootstrap intervals.</p>",
-        _table(tb["set_correlations"]),
-        _img(fg["scatter"], "set means against recognition rate"),
+        html_table(tb["set_correlations"]),
+        html_image(fg["scatter"], "set means against recognition rate"),
         "<h2>Image level</h2><p>AUROC of each metric for the majority label (0.5 = chance) with a 95% "
         "bootstrap interval, and Spearman's rho with the number of annotators who recognized.</p>",
-        _table(tb["image_level"]), _img(fg["roc"], "ROC curves"),
-        "<details><summary>Per-set breakdown</summary>", _table(tb["image_level_by_set"]), "</details>",
+        html_table(tb["image_level"]), html_image(fg["roc"], "ROC curves"),
+        "<details><summary>Per-set breakdown</summary>", html_table(tb["image_level_by_set"]), "</details>",
         "<h2>Contradiction between metrics</h2><p>Share of set pairs that two metrics (or a metric and "
         "people, <code>humans</code>) order oppositely. 0 = always the same order; 0.5 = unrelated.</p>",
-        _table(tb["contradiction"]), _img(fg["contradiction"], "contradiction matrix"),
+        html_table(tb["contradiction"]), html_image(fg["contradiction"], "contradiction matrix"),
         "<h2>Human ceiling</h2><p>Leave one annotator out: the target is the majority of the other "
         "annotators. <code>human</code> rows score the left-out annotator's own answer (its AUROC is its "
         "balanced accuracy); metric rows score the metric on the same images and target. "
         "<code>set_spearman</code> correlates set means with the others' set recognition rate.</p>",
-        _table(tb["human_ceiling"]) if len(tb["human_ceiling"]) else
+        html_table(tb["human_ceiling"]) if len(tb["human_ceiling"]) else
         "<p><em>no judge_&lt;k&gt; columns in the label table: ceiling not computed</em></p>",
         f"<h2>Calibration</h2><p>{html.escape(method)} map from each metric to P(recognized by the "
         f"majority), fitted on some sets and scored on others ({html.escape(split)}): "
         "AUROC, Brier score (lower is better), expected calibration error (10 bins) and the mean absolute "
-        "error of the predicted set recognition rate.</p>", _table(tb["calibration"]),
+        "error of the predicted set recognition rate.</p>", html_table(tb["calibration"]),
     ]
     if "reliability" in fg:
-        parts.append(_img(fg["reliability"], "reliability diagram"))
+        parts.append(html_image(fg["reliability"], "reliability diagram"))
     grids = [k for k in fg if k.startswith("disagree_")]
     if grids:
         parts.append("<h2>Where metrics and people disagree most</h2>")
         for k in grids:
-            parts += [f"<h3>{html.escape(k[len('disagree_'):])}</h3>", _img(fg[k], k)]
+            parts += [f"<h3>{html.escape(k[len('disagree_'):])}</h3>", html_image(fg[k], k)]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -15,7 +15,7 @@ SUMMARY_COLUMNS = ("psnr", "ssim", "mr_correct", "iip_pixel", "semsim")
 
 def demo(
     out: Annotated[Path, typer.Option(help="output folder (report.html, sets, scores, models)")] = Path("semsim-demo"),
-    n_images: Annotated[int, typer.Option(min=2, help="reconstructions per configuration")] = 24,
+    n_images: Annotated[int, typer.Option(min=2, help="reconstructions per configuration")] = DemoConfig.n_images,
     device: Annotated[str, typer.Option(help="torch device")] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
 ) -> None:

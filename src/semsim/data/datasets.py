@@ -367,10 +367,17 @@ def _resize_tensor(ds: ImageDataset, image_size: int, fit: Fit) -> ImageDataset:
 # -------------------------------------------------------------------------------------------------- public
 def load_dataset(spec: str | os.PathLike, image_size: int | None = None, split: str | None = None,
                  fit: Fit = "resize") -> ImageDataset:
-    """Load a CIFAR-10/100 python folder, an MNIST IDX folder, or an image folder (see the module doc).
+    """Load a CIFAR-10/100 python folder, an MNIST IDX folder, an image folder (see the module doc), or a
+    dataset bundled with the dependencies as ``bundled:<name>`` (:mod:`semsim.data.bundled`).
 
     ``split`` (train/test) applies to CIFAR and MNIST; ``None`` takes train when present, else test.
     """
+    if str(spec).startswith("bundled:"):
+        from semsim.data.bundled import load_bundled  # bundled builds on this module
+
+        if split is not None:
+            raise SemsimError(f"{spec}: a bundled dataset has no {split} split; leave the split out")
+        return load_bundled(str(spec).removeprefix("bundled:"), image_size=image_size or 32)
     folder = Path(spec)
     if not folder.is_dir():
         raise SemsimError(f"{folder}: no such folder; give a CIFAR python folder, an MNIST folder or an "

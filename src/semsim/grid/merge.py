@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -23,7 +22,7 @@ import pandas as pd
 from semsim.data.sets import read_manifest, write_manifest
 from semsim.errors import SemsimError
 from semsim.grid.plan import Plan, Task, is_done, safe_path
-from semsim.io import read_table, write_table
+from semsim.io import atomic_folder, read_table, write_table
 from semsim.scoring import summarize_set
 
 MERGED_FILE = ".merged.json"
@@ -52,9 +51,7 @@ def merge_set(set_name: str, shards: list[Task], folder: Path) -> pd.DataFrame:
     marker = folder / MERGED_FILE
     if marker.is_file() and json.loads(marker.read_text()).get("keys") == keys:
         return read_manifest(folder / "manifest.csv")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         frames = []
         for t in shards:
             df = read_manifest(Path(t.out) / "manifest.csv")
@@ -78,16 +75,6 @@ def merge_set(set_name: str, shards: list[Task], folder: Path) -> pd.DataFrame:
         manifest["set"] = set_name
         write_manifest(manifest, tmp / "manifest.csv")
         (tmp / MERGED_FILE).write_text(json.dumps({"set": set_name, "keys": keys}) + "\n")
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return read_manifest(folder / "manifest.csv")
 
 

@@ -12,7 +12,9 @@ reveals more of the original?
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +86,20 @@ def column_direction(column: str) -> bool | None:
     return None
 
 
+_RANGE_KNOWN: ContextVar[bool] = ContextVar("semsim_range_known", default=False)
+
+
+@contextlib.contextmanager
+def decoded_inputs() -> Iterator[None]:
+    """Within this block, metrics skip the scan of input values: the caller guarantees images in [0, 1]
+    (the scoring pipeline, whose tensors come straight from 8-bit files). Shape checks still run."""
+    token = _RANGE_KNOWN.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_KNOWN.reset(token)
+
+
 def check_pair(original: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 1.0) -> None:
     """Raise ``ValueError`` unless both are float NCHW tensors of one shape with values in [0, data_range]."""
     for name, t in (("original", original), ("reconstruction", reconstruction)):
@@ -94,6 +110,8 @@ def check_pair(original: torch.Tensor, reconstruction: torch.Tensor, data_range:
     if original.shape != reconstruction.shape:
         raise ValueError(f"original {tuple(original.shape)} and reconstruction {tuple(reconstruction.shape)} "
                          "differ in shape")
+    if _RANGE_KNOWN.get():
+        return
     tol = 1e-4 * data_range
     for name, t in (("original", original), ("reconstruction", reconstruction)):
         lo, hi = (float(v) for v in torch.aminmax(t))

@@ -268,7 +268,7 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
                         image_size: int | None = None, split: str | None = None, fit: str = "resize",
                         n: int | None = None, per_class: int | None = None, width: int | None = None,
                         batch_size: int = 128, lr: float = 0.1, schedule: str = "cosine", seed: int = 0,
-                        device: str = "cpu", show_progress: bool = True,
+                        split_seed: int | None = None, device: str = "cpu", show_progress: bool = True,
                         resume: bool = True) -> dict[str, Any]:
     """Load ``data``, train ``arch`` on it and save a checkpoint folder ``out``; returns the config written.
 
@@ -277,6 +277,8 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
     relative to it). The images' per-channel mean/std normalise the model. While training, per-epoch
     state lives in ``.<out name>.training/`` next to ``out``; an interrupted run started again with the same
     arguments resumes from it (``resume=False`` starts over), and it is removed once ``out`` is written.
+    ``split_seed`` (default ``seed``) draws the subset and the held-out split, ``seed`` the initial weights and
+    the batches, so models of different seeds can share one split.
     """
     if role not in ("victim", "evaluator"):
         raise SemsimError(f"role '{role}': use victim or evaluator")
@@ -289,9 +291,10 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
         raise SemsimError(f"--width applies to convnet only, not to {arch}")
     out = Path(out)
     full = load_dataset(data, image_size=image_size, split=split, fit=fit)  # type: ignore[arg-type]
-    picked, _ = subset(full, n=n, per_class=per_class, seed=seed)
+    split_seed = seed if split_seed is None else split_seed
+    picked, _ = subset(full, n=n, per_class=per_class, seed=split_seed)
     if val_split > 0:
-        train, val, _, _ = train_val_split(picked, val_split, seed=seed)
+        train, val, _, _ = train_val_split(picked, val_split, seed=split_seed)
     else:
         train, val = picked, None
     mean, std = channel_stats(train)
