@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
-from sklearn.metrics import roc_auc_score
 
+from semsim.analysis.stats import aligned, auroc
 from semsim.errors import SemsimError
 from semsim.labels import majority
 from semsim.learned.train import TrainConfig, train_semsim
@@ -56,11 +56,8 @@ def oriented_auroc(values: np.ndarray, recognized: np.ndarray, higher_is_more_le
     """AUROC of a metric column predicting ``recognized``; NaN values dropped, NaN if a class is absent."""
     values = np.asarray(values, dtype=np.float64)
     keep = ~np.isnan(values)
-    v, y = values[keep], np.asarray(recognized, dtype=bool)[keep]
-    if len(y) == 0 or y.all() or not y.any():
-        return float("nan")
-    v = np.clip(v, -1e300, 1e300)  # identical pairs give PSNR = inf
-    return float(roc_auc_score(y, v if higher_is_more_leakage else -v))
+    v = np.clip(values[keep], -1e300, 1e300)  # identical pairs give PSNR = inf
+    return auroc(aligned(v, higher_is_more_leakage), np.asarray(recognized, dtype=bool)[keep])
 
 
 def _set_spearman(per_set: pd.DataFrame, col: str, higher: bool) -> float:
