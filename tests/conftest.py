@@ -21,6 +21,15 @@ def shared_data() -> Path:
     return SHARED_DATA.resolve()
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny problems: avoids OpenMP oversubscription on a shared 2-core CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_path(*parts: str) -> Path:
     """A path inside the shared data folder, skipping the test when it is missing."""
     path = SHARED_DATA.joinpath(*parts)

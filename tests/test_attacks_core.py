@@ -39,13 +39,7 @@ def small_convnet(num_classes: int = 10, width: int = 8) -> torch.nn.Module:
     return create_model("convnet", num_classes, width=width).eval()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny: one thread avoids OpenMP oversubscription on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gens(n: int, offset: int = 0) -> list[torch.Generator]:

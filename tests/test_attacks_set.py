@@ -47,13 +47,7 @@ def victim(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These problems are tiny: one thread avoids OpenMP oversubscription on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def files(folder: Path) -> dict[str, bytes]:

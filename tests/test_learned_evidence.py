@@ -41,14 +41,6 @@ def layout(x: torch.Tensor) -> torch.Tensor:
     return g / g.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: the figures below were established so, and it keeps a shared CPU from thrashing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.slow
 def test_semsim_beats_psnr_on_real_attack_reconstructions(tmp_path: Path, one_thread: None) -> None:
