@@ -36,8 +36,8 @@ _CHUNK_ELEMENTS = 100_000  # pairs per chunk ~ this many values per image; keeps
 def mse(original: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Mean squared error per image, shape (N,). Values are on the scale of ``data_range``."""
     check_pair(original, reconstruction, data_range)
-    diff = (original - reconstruction).flatten(1)
-    return torch.linalg.vector_norm(diff, dim=1).square_().div_(diff.shape[1])
+    diff = original - reconstruction  # may be channels-last in memory (decoded images): reduce without a copy
+    return torch.linalg.vector_norm(diff, dim=(1, 2, 3)).square_().div_(diff[0].numel())
 
 
 def psnr(original: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
