@@ -34,9 +34,13 @@ class ScoreResult:
 
 
 def _idle_cores() -> float:
-    """CPU cores not used by running processes, from the one-minute load average (all cores if unknown)."""
+    """CPU cores not used by other running processes, from the one-minute load average (all cores if unknown).
+
+    The caller itself counts in the load average once it has run a while (a long scoring or benchmark
+    session), so up to one unit of load is taken to be its own.
+    """
     cores = os.cpu_count() or 1
-    return cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else float(cores)
+    return cores - max(0.0, os.getloadavg()[0] - 1.0) if hasattr(os, "getloadavg") else float(cores)
 
 
 def default_metric_names() -> list[str]:
@@ -86,6 +90,15 @@ def _load_batch(rows: pd.DataFrame, skip_bad: bool, decoder: DecodePool
     return ori, rec, why
 
 
+def _batch_starts(n: int, batch_size: int) -> list[int]:
+    """Batch boundaries (0, ..., n): the first and last batches are small, so that scoring waits little for
+    the first decoded batch and decoding idles little while the last one is scored."""
+    edge = max(1, batch_size // 4)
+    if n <= 2 * edge:
+        return [0, n]
+    return [0, *range(edge, n - edge, batch_size), n - edge, n]
+
+
 def score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], *,
                    device: str | torch.device = "cpu", batch_size: int = 256, skip_bad: bool = False,
                    show_progress: bool = True, n_bootstrap: int = 1000, seed: int = 0) -> ScoreResult:
@@ -122,14 +135,13 @@ def _score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module],
                 m.reset()
             set_rows = []
             update_order: list[int] = []  # row of set_table for each pair, in the order set metrics saw them
-            starts = list(range(0, len(group), batch_size))
-            first = group.iloc[:batch_size]
-            pending = loader.submit(_load_batch, first, skip_bad, decoder) if starts else None
-            for i, start in enumerate(starts):
-                rows = group.iloc[start:start + batch_size]
+            starts = _batch_starts(len(group), batch_size)
+            pending = loader.submit(_load_batch, group.iloc[:starts[1]], skip_bad, decoder)
+            for i, start in enumerate(starts[:-1]):
+                rows = group.iloc[start:starts[i + 1]]
                 ori, rec, why = pending.result()
-                if i + 1 < len(starts):
-                    nxt = group.iloc[starts[i + 1]:starts[i + 1] + batch_size]
+                if i + 2 < len(starts):
+                    nxt = group.iloc[starts[i + 1]:starts[i + 2]]
                     pending = loader.submit(_load_batch, nxt, skip_bad, decoder)
                 values: dict[str, np.ndarray] = {}
                 keep = [j for j, w in enumerate(why) if w is None]
@@ -186,11 +198,20 @@ def _score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module],
 def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
                       ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (Efron & Tibshirani, 1993); NaN for fewer than 2 values."""
+    return _bootstrap_ci(values, n_bootstrap, seed, level, {})
+
+
+def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, seed: int, level: float,
+                  draws: dict[int, np.ndarray]) -> tuple[float, float]:
+    """:func:`bootstrap_mean_ci`, reusing the resampling indices in ``draws`` (by sample size; the same seed
+    draws the same indices, so columns of one table share them)."""
     values = values[np.isfinite(values)]
     if len(values) < 2:
         return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_bootstrap, len(values)))].mean(1)
+    if len(values) not in draws:
+        rng = np.random.default_rng(seed)
+        draws[len(values)] = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
+    means = values[draws[len(values)]].mean(1)
     alpha = (1 - level) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
@@ -199,12 +220,13 @@ def summarize_set(set_name: str, table: pd.DataFrame, set_values: dict[str, floa
                   seed: int = 0) -> dict:
     """One row per set: n, then mean / median / 95% bootstrap interval of every per-image column."""
     row: dict = {"set": set_name, "n": len(table)}
+    draws: dict[int, np.ndarray] = {}
     for col in table.columns:
         if col in ("set", "image_id") or not pd.api.types.is_numeric_dtype(table[col]):
             continue
         v = table[col].to_numpy(dtype=float)
         finite = v[np.isfinite(v)]
-        lo, hi = bootstrap_mean_ci(v, n_bootstrap, seed)
+        lo, hi = _bootstrap_ci(v, n_bootstrap, seed, 0.95, draws)
         row[f"{col}_mean"] = float(finite.mean()) if len(finite) else float("nan")
         row[f"{col}_median"] = float(np.median(finite)) if len(finite) else float("nan")
         row[f"{col}_ci_low"], row[f"{col}_ci_high"] = lo, hi

@@ -6,7 +6,9 @@ Grayscale is expanded to three channels; an alpha channel is dropped with a warn
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -49,8 +51,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
     Raises ``FileNotFoundError`` or ``OSError`` (PIL's ``UnidentifiedImageError``) for unusable files.
     """
-    with open(path, "rb") as f:
-        head = f.read(24)
+    fd = os.open(path, os.O_RDONLY)  # unbuffered: only 24 bytes are needed
+    try:
+        head = os.read(fd, 24)
+    finally:
+        os.close(fd)
     if head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR":
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
         if width > 0 and height > 0:
@@ -87,20 +92,42 @@ def _read_all(paths: Sequence[str | os.PathLike]) -> np.ndarray | list[np.ndarra
     return np.stack(arrays) if len({a.shape for a in arrays}) == 1 else arrays
 
 
+_WORKERS: dict[int, tuple[int, ProcessPoolExecutor]] = {}  # workers -> (owning pid, pool), kept for reuse
+_WORKERS_LOCK = threading.Lock()
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A forked pool of ``workers`` processes, started on first use and reused by later calls of this process.
+
+    Forking a process that has torch loaded costs tens of milliseconds, as much as decoding a few hundred
+    small images, so the workers are kept (idle, until the program exits) rather than started per call.
+    """
+    with _WORKERS_LOCK:
+        pid, pool = _WORKERS.get(workers, (None, None))
+        stopped = pool is None or getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False)
+        if stopped or pid != os.getpid():
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            pool.submit(int).result()  # fork the workers now, from the calling thread
+            # stopped at exit, also in a multiprocessing child, which would otherwise wait for them forever
+            multiprocessing.util.Finalize(pool, pool.shutdown, exitpriority=10)
+            _WORKERS[workers] = (os.getpid(), pool)
+        return pool
+
+
 class DecodePool:
     """Decode image files on ``workers`` CPU cores, e.g. while the caller scores the previous batch.
 
     PIL spends most of its time on a small image in Python, holding the GIL, so decoding threads barely
     overlap; forked worker processes do. Without ``fork`` (or with ``processes=False``) threads are used.
-    Create the pool in the main thread (the workers are forked at once) and close it, or use ``with``.
+    Create the pool in the main thread (the workers are forked there, on first use) and close it, or use
+    ``with``; the worker processes are shared by every pool of this program and kept for the next one.
     """
 
     def __init__(self, workers: int = 2, processes: bool = True) -> None:
         self.workers = workers
         self._procs: ProcessPoolExecutor | None = None
         if processes and workers > 1 and "fork" in multiprocessing.get_all_start_methods():
-            self._procs = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-            self._procs.submit(int).result()  # fork the workers now, from the calling thread
+            self._procs = _worker_pool(workers)
 
     def read(self, paths: Sequence[str | os.PathLike]) -> list[np.ndarray]:
         """Decode ``paths`` (uint8 HxWx3 arrays, in order); errors as in :func:`read_array`."""
@@ -112,10 +139,8 @@ class DecodePool:
         return [arr for part in parts for arr in part]
 
     def close(self) -> None:
-        """Stop the worker processes."""
-        if self._procs is not None:
-            self._procs.shutdown()
-            self._procs = None
+        """Let go of the worker processes (they stay up for the next pool, and stop when the program exits)."""
+        self._procs = None
 
     def __enter__(self) -> DecodePool:
         return self
