@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import html
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,8 @@ def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
         now = time.perf_counter()
         seconds[step] = now - clock
         clock = now
+        if cfg.show_progress:
+            print(f"semsim demo: {step} done ({seconds[step]:.1f} s)", file=sys.stderr, flush=True)
 
     digits = load_dataset(DIGITS, image_size=cfg.image_size)
     _, held_out, _, _ = train_val_split(digits, HELD_OUT, seed=cfg.seed)
