@@ -3,12 +3,17 @@
 ``create(name)`` builds one, ``list_metrics()`` lists them with their direction (``higher_is_more_leakage``).
 """
 
+# Registration order is the order of the default panel and of score-table columns: pixel metrics first.
+from semsim.metrics import pixel  # noqa: F401  (mse, psnr, ssim, ms_ssim)
+
+# isort: split
+from semsim.metrics import lpips  # noqa: F401  (lpips_alex, lpips_vgg, lpips_squeeze)
+
+# isort: split
 from semsim.learned import metric as _semsim_metric  # noqa: F401  (registers semsim)
 from semsim.metrics import (
     fid,  # noqa: F401  (fid)
-    lpips,  # noqa: F401  (lpips_alex, lpips_vgg, lpips_squeeze)
     model_based,  # noqa: F401  (mr, iip, feature_distance)
-    pixel,  # noqa: F401  (mse, psnr, ssim, ms_ssim)
 )
 from semsim.metrics.fid import fid_from_features, frechet_distance
 from semsim.metrics.lpips import LPIPS
