@@ -70,11 +70,11 @@ def score(
     names = [m.strip() for m in metrics.split(",")] if metrics else default_metric_names()
     if evaluator is not None and not metrics:
         names += [n for n in EVALUATOR_METRICS if n not in names]
-    with_evaluator = {n: {"evaluator": evaluator} for n in EVALUATOR_METRICS} if evaluator is not None else {}
+    metric_kwargs = {n: {"evaluator": evaluator} for n in EVALUATOR_METRICS} if evaluator is not None else {}
     if semsim_model is not None:
         names += [] if "semsim" in names else ["semsim"]
-        with_evaluator["semsim"] = {"model": semsim_model}
-    built, notes = build_metrics(names, device=device, **with_evaluator)
+        metric_kwargs["semsim"] = {"model": semsim_model}
+    built, notes = build_metrics(names, device=device, **metric_kwargs)
     if "semsim" in built and built["semsim"].provenance_note():
         notes.append(built["semsim"].provenance_note())
     if not built:
@@ -86,8 +86,8 @@ def score(
     if cal is not None:  # per-image P(recognized), per-set expected recognition rate
         result.per_image, result.per_set, cal_notes = apply_calibration(result.per_image, result.per_set, cal)
         notes += cal_notes
-    skipped = pd.concat([s for s in (skipped, result.skipped) if len(s)], ignore_index=True) if (
-        len(skipped) or len(result.skipped)) else skipped
+    parts = [s for s in (skipped, result.skipped) if len(s)]
+    skipped = pd.concat(parts, ignore_index=True) if parts else skipped
     for note in notes:
         typer.echo(f"note: {note}", err=True)
     if len(skipped):
