@@ -52,7 +52,7 @@ def throughput(root: Path, images: int, iterations: int, workers: int) -> tuple[
     """Wall seconds and images per hour of an attack grid with ``workers`` local workers."""
     import torch
 
-    from semsim.checkpoint import save_checkpoint
+    from semsim.models.checkpoint import save_checkpoint
     from semsim.models.classifiers import create_model, model_config
 
     data, _ = _dataset(root) if not (root / "random").is_dir() else (root / "random", "")

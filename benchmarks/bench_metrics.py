@@ -34,11 +34,11 @@ from PIL import Image
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from semsim.common.io import write_table
 from semsim.data.images import read_arrays, to_tensor
 from semsim.data.sets import ingest
-from semsim.io import write_table
 from semsim.metrics import create
-from semsim.scoring import build_metrics, score_manifest
+from semsim.metrics.scoring import build_metrics, score_manifest
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10_test"
 BATCH = 256

@@ -19,11 +19,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from semsim.checkpoint import save_checkpoint
 from semsim.data.images import load_images, save_image
 from semsim.learned.model import SemSimNet
 from semsim.metrics import create
-from semsim.scoring import score_manifest
+from semsim.metrics.scoring import score_manifest
+from semsim.models.checkpoint import save_checkpoint
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10_test"
 

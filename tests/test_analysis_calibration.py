@@ -25,8 +25,8 @@ from semsim.analysis import (
     load_calibration,
 )
 from semsim.cli import app, main
+from semsim.data.labels import write_labels
 from semsim.errors import SemsimError
-from semsim.labels import write_labels
 from test_analysis_stats import DIRS, synthetic
 
 

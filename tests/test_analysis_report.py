@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from conftest import shared_path
 from semsim.analysis import analyze
 from semsim.cli import app, main
-from semsim.labels import read_labels
+from semsim.data.labels import read_labels
 from test_analysis_calibration import make_sets
 from test_analysis_stats import DIRS, synthetic
 

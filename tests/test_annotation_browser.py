@@ -19,7 +19,7 @@ from annotation_util import make_project, make_set
 from semsim.annotation import add_annotator, init_project
 from semsim.annotation.app import create_app
 from semsim.annotation.db import Annotator, Answer, Database, Item
-from semsim.labels import read_labels
+from semsim.data.labels import read_labels
 
 pytestmark = pytest.mark.browser
 

@@ -19,8 +19,8 @@ from semsim.annotation.app import create_app
 from semsim.annotation.db import Annotator, Assignment, Database, Item
 from semsim.annotation.store import project_info
 from semsim.cli import app
+from semsim.data.labels import read_labels
 from semsim.errors import SemsimError
-from semsim.labels import read_labels
 
 
 def _answer_all(db: Database, rule: Callable[[str, Item], int]) -> None:

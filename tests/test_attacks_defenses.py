@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from semsim.defenses import Defense, parse_defense
 from semsim.errors import SemsimError
+from semsim.victims.defenses import Defense, parse_defense
 
 
 @pytest.mark.parametrize("spec, name", [("none", "none"), (None, "none"), ("noise-1e-3", "noise-1e-3"),

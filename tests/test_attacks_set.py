@@ -14,13 +14,13 @@ import semsim.attacks.core as core
 import semsim.attacks.runner as runner
 from conftest import shared_path
 from semsim.attacks import attack_set, image_seeds
-from semsim.checkpoint import save_checkpoint
 from semsim.cli import app
 from semsim.data.datasets import load_dataset
 from semsim.data.images import load_image
 from semsim.data.sets import ingest
 from semsim.errors import SemsimError
 from semsim.models import create_model, model_config
+from semsim.models.checkpoint import save_checkpoint
 
 ARGS = dict(iterations=4, batch_size=2, show_progress=False)
 

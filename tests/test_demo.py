@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import pytest
 
+from semsim.data.labels import read_labels
 from semsim.demo import DemoConfig, run_demo
-from semsim.labels import read_labels
 
 
 @pytest.fixture(scope="module")

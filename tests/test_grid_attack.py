@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 
 from semsim.attacks import attack_set
-from semsim.checkpoint import save_checkpoint
+from semsim.common.io import read_table
 from semsim.data.datasets import load_dataset
 from semsim.data.images import read_array
 from semsim.data.sets import ingest, read_manifest
 from semsim.errors import SemsimError
 from semsim.grid import build_plan, load_grid, run_plan
-from semsim.io import read_table
+from semsim.models.checkpoint import save_checkpoint
 from semsim.models.classifiers import create_model, model_config
 from test_grid_engine import write_grid
 

@@ -15,12 +15,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from semsim.cli import app
+from semsim.common.io import read_table
 from semsim.data.sets import ingest
 from semsim.errors import SemsimError
 from semsim.grid import build_plan, load_grid, plan_summary, read_status, run_plan
 from semsim.grid.plan import DONE_FILE, Plan, Task, task_key
-from semsim.io import read_table
-from semsim.scoring import build_metrics, score_manifest
+from semsim.metrics.scoring import build_metrics, score_manifest
 
 
 def write_grid(folder: Path, data: dict, name: str = "grid.yaml") -> Path:
@@ -203,7 +203,7 @@ def test_set_level_metrics_run_once_per_whole_set(two_sets):
     """Model-based recognition (set level) comes from one task over all shards, not averaged over shards."""
     import torch
 
-    from semsim.checkpoint import save_checkpoint
+    from semsim.models.checkpoint import save_checkpoint
     from semsim.models.classifiers import create_model, model_config
 
     torch.manual_seed(0)

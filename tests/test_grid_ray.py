@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
+from semsim.common.io import read_table
 from semsim.data.sets import ingest
 from semsim.grid import build_plan, load_grid, read_status, run_plan
 from semsim.grid.plan import DONE_FILE
-from semsim.io import read_table
-from semsim.scoring import build_metrics, score_manifest
+from semsim.metrics.scoring import build_metrics, score_manifest
 from test_grid_engine import make_set, write_grid
 
 ray = pytest.importorskip("ray")

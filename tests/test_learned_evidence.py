@@ -22,14 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from conftest import shared_path
+from semsim.analysis.evaluate_semsim import oriented_auroc
 from semsim.attacks.runner import attack_set
-from semsim.checkpoint import save_checkpoint
 from semsim.data.datasets import ImageDataset
 from semsim.data.images import load_images
 from semsim.learned import TrainConfig, train_semsim
-from semsim.learned.evaluate import oriented_auroc
 from semsim.metrics import create, psnr
 from semsim.models import create_model, model_config
+from semsim.models.checkpoint import save_checkpoint
 
 SIZE = 16
 

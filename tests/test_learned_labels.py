@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from semsim.data.images import save_image
+from semsim.data.label_import import load_labels, read_release
 from semsim.errors import SemsimError
-from semsim.learned.labels_in import load_labels, read_release
 
 
 def _img(path: Path, value: float) -> Path:

@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from conftest import shared_path
+from semsim.analysis.evaluate_semsim import oriented_auroc
 from semsim.cli import app
 from semsim.data.images import load_image, load_images, save_image
 from semsim.errors import SemsimError
 from semsim.learned import TrainConfig, load_semsim, train_semsim
-from semsim.learned.evaluate import oriented_auroc
 from semsim.learned.train import state_path
 from semsim.metrics import create, psnr
-from semsim.scoring import score_manifest
+from semsim.metrics.scoring import score_manifest
 
 TINY = {"architecture": "convnet", "arch_kwargs": {"width": 8}, "batch_size": 16}
 
@@ -181,9 +181,9 @@ def test_resume_after_interruption_gives_the_same_model(
 
 
 def test_not_a_semsim_model_and_missing_model(tmp_path: Path) -> None:
-    from semsim.checkpoint import save_checkpoint
     from semsim.metrics import MetricUnavailable
     from semsim.models import create_model, model_config
+    from semsim.models.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "clf", create_model("lenet"), model_config("lenet", 10))
     with pytest.raises(SemsimError, match="not a SemSim model"):
@@ -286,7 +286,7 @@ def test_cli_train_score_evaluate(
 def test_evaluate_trains_on_some_sets_and_tests_on_others(
     data: tuple[Path, pd.DataFrame], tmp_path: Path
 ) -> None:
-    from semsim.learned.evaluate import evaluate_generalization
+    from semsim.analysis.evaluate_semsim import evaluate_generalization
 
     labels = data[1][data[1]["image_id"].isin([f"{i}_0" for i in range(8)])].assign(
         original_id=lambda d: d["image_id"]

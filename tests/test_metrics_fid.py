@@ -14,8 +14,8 @@ from conftest import shared_path
 from semsim.data.images import load_images
 from semsim.metrics import MetricUnavailable, create, fid_from_features, metric_info
 from semsim.metrics.fid import FID, INCEPTION_FILES
+from semsim.metrics.scoring import build_metrics, score_manifest
 from semsim.models.backbones import InceptionV3Features
-from semsim.scoring import build_metrics, score_manifest
 
 
 def reference_fid(f1: np.ndarray, f2: np.ndarray) -> float:

@@ -17,8 +17,8 @@ from conftest import shared_path
 from semsim.data.images import load_images
 from semsim.metrics import MetricUnavailable, create, metric_info
 from semsim.metrics.lpips import BACKBONE_FILES, LPIPS, lpips
+from semsim.metrics.scoring import build_metrics
 from semsim.models.backbones import lpips_backbone
-from semsim.scoring import build_metrics
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from semsim.attacks import attack_set
-from semsim.checkpoint import save_checkpoint
 from semsim.data.datasets import load_dataset, subset, train_val_split
-from semsim.labeling import label_by_model
-from semsim.labels import validate_labels
+from semsim.data.labels import validate_labels
+from semsim.metrics.labeler import label_by_model
+from semsim.metrics.scoring import build_metrics, score_manifest
+from semsim.models.checkpoint import save_checkpoint
 from semsim.models.classifiers import create_model, model_config
-from semsim.scoring import build_metrics, score_manifest
 from semsim.victims.train import train_classifier
 
 pytestmark = pytest.mark.slow

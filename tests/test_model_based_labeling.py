@@ -11,14 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from semsim.checkpoint import save_checkpoint
 from semsim.cli import app, main
 from semsim.data.images import load_images, save_image
+from semsim.data.labels import label_sources, read_labels, write_labels
 from semsim.data.sets import ingest, write_manifest
 from semsim.errors import SemsimError
-from semsim.labeling import label_by_model
-from semsim.labels import label_sources, read_labels, write_labels
-from semsim.models.classifiers import create_model, load_model, model_config
+from semsim.metrics.labeler import label_by_model
+from semsim.models.checkpoint import save_checkpoint
+from semsim.models.classifiers import create_model, load_classifier, model_config
 
 CLASSES = {"cat": 3, "ship": 8, "frog": 6}
 
@@ -50,7 +50,7 @@ def real_set(tmp_path_factory, shared_data) -> Path:
 
 
 def _reference(evaluator_dir: Path, manifest: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    net = load_model(evaluator_dir)[0]
+    net = load_classifier(evaluator_dir)[0]
     with torch.no_grad():
         probs = net(load_images(list(manifest["reconstruction"]))).softmax(1).numpy()
     labels = manifest["label"].to_numpy()

@@ -15,7 +15,6 @@ from sklearn.metrics import accuracy_score, top_k_accuracy_score
 from typer.testing import CliRunner
 
 from conftest import shared_path
-from semsim.checkpoint import save_checkpoint
 from semsim.cli import app
 from semsim.data.images import load_image, load_images, save_image
 from semsim.data.sets import ingest
@@ -23,9 +22,10 @@ from semsim.errors import SemsimError
 from semsim.metrics import MetricUnavailable, column_direction, create, metric_info
 from semsim.metrics import model_based as mb
 from semsim.metrics.lpips import BACKBONE_FILES
+from semsim.metrics.scoring import build_metrics, score_manifest
 from semsim.models.backbones import lpips_backbone
-from semsim.models.classifiers import create_model, load_model, model_config
-from semsim.scoring import build_metrics, score_manifest
+from semsim.models.checkpoint import save_checkpoint
+from semsim.models.classifiers import create_model, load_classifier, model_config
 
 CLEAN_ACCURACY = 0.8
 
@@ -43,7 +43,7 @@ def evaluator_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def net(evaluator_dir):
     """The same network, loaded independently of the metric code."""
-    return load_model(evaluator_dir)[0]
+    return load_classifier(evaluator_dir)[0]
 
 
 def _images(n: int, seed: int, size: int = 32) -> torch.Tensor:

@@ -16,7 +16,7 @@ from conftest import shared_path
 from semsim.data.images import read_array
 from semsim.data.sets import write_manifest
 from semsim.metrics import column_direction
-from semsim.scoring import build_metrics, score_manifest
+from semsim.metrics.scoring import build_metrics, score_manifest
 from test_sets import run_cli
 
 
@@ -142,7 +142,7 @@ def test_unknown_metric_and_console_script(tmp_path, monkeypatch, capsys):
 
 
 def test_decoding_in_worker_processes_gives_the_same_table(cifar_manifest, monkeypatch, tmp_path):
-    import semsim.scoring
+    import semsim.metrics.scoring
     from semsim.data.images import DecodePool, read_arrays
     from semsim.data.sets import read_manifest
     from semsim.errors import SemsimError
@@ -165,9 +165,9 @@ def test_decoding_in_worker_processes_gives_the_same_table(cifar_manifest, monke
             super().__init__(workers, processes)
             used.append(self._procs is not None)
 
-    monkeypatch.setattr(semsim.scoring, "_PROCESS_DECODE_MIN", 1)
-    monkeypatch.setattr(semsim.scoring, "_idle_cores", lambda: 2.0)
-    monkeypatch.setattr(semsim.scoring, "DecodePool", Recording)
+    monkeypatch.setattr(semsim.metrics.scoring, "_PROCESS_DECODE_MIN", 1)
+    monkeypatch.setattr(semsim.metrics.scoring, "_idle_cores", lambda: 2.0)
+    monkeypatch.setattr(semsim.metrics.scoring, "DecodePool", Recording)
     processes = score_manifest(manifest, metrics, batch_size=16, show_progress=False)
     assert used == [True]
     pd.testing.assert_frame_equal(threads.per_image, processes.per_image)

@@ -12,12 +12,12 @@ import torch
 
 import semsim.victims.train as train_module
 from conftest import shared_path
-from semsim.checkpoint import save_checkpoint
 from semsim.data.datasets import ImageDataset, channel_stats, load_dataset, subset, train_val_split
-from semsim.defenses import Defense
 from semsim.errors import SemsimError
+from semsim.models.checkpoint import save_checkpoint
 from semsim.models.classifiers import create_model, model_config
 from semsim.victims import check_inputs, evaluate_accuracy, learning_rate, load_classifier, train_classifier
+from semsim.victims.defenses import Defense
 
 
 @pytest.fixture(scope="module")

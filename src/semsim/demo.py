@@ -27,13 +27,13 @@ import pandas as pd
 from semsim.analysis.figures import new_figure, png_bytes
 from semsim.analysis.report import REPORT_STYLE, analyze, html_image, html_table
 from semsim.attacks import attack_set
+from semsim.common.io import atomic_write, write_table
 from semsim.data.datasets import load_dataset, train_val_split
 from semsim.data.images import read_arrays
-from semsim.io import atomic_write, write_table
-from semsim.labeling import label_by_model
-from semsim.labels import write_labels
+from semsim.data.labels import write_labels
 from semsim.learned.train import TrainConfig, train_semsim
-from semsim.scoring import build_metrics, default_metric_names, score_manifest
+from semsim.metrics.labeler import label_by_model
+from semsim.metrics.scoring import build_metrics, default_metric_names, score_manifest
 from semsim.victims.train import train_to_checkpoint
 
 DIGITS = "bundled:digits"

@@ -27,9 +27,9 @@ import pandas as pd
 
 from semsim.analysis.data import AnalysisData
 from semsim.analysis.stats import aligned, auroc
+from semsim.common.io import write_json
+from semsim.data.labels import majority
 from semsim.errors import SemsimError
-from semsim.io import write_json
-from semsim.labels import majority
 
 CALIBRATION_FORMAT = "semsim-calibration"
 CALIBRATION_VERSION = 1
@@ -275,7 +275,7 @@ def apply_calibration(per_image: pd.DataFrame, per_set: pd.DataFrame, cal: Calib
     _ci_high`` (bootstrap interval of the mean, as for every score column) and ``expected_recognition_rate``
     with ``expected_recognition_ci_low/_high`` (see :func:`expected_recognition`). Notes warn of values
     outside the fitted range (e.g. mse on another scale)."""
-    from semsim.scoring import bootstrap_mean_ci
+    from semsim.metrics.scoring import bootstrap_mean_ci
 
     p, expected = expected_recognition(per_image, cal, n_boot=n_boot, seed=seed)
     per_image = per_image.assign(p_recognized=p)

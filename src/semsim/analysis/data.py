@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from semsim.common.io import read_table
+from semsim.data.labels import LABEL_COLUMNS, validate_labels
 from semsim.errors import SemsimError
-from semsim.io import read_table
-from semsim.labels import LABEL_COLUMNS, validate_labels
 from semsim.metrics import column_direction
 
 # Columns of score / label / manifest tables that are never metrics.

@@ -17,8 +17,8 @@ from scipy import stats
 from semsim.analysis.data import AnalysisData, judge_matrix
 from semsim.analysis.stats import _majority_of, aligned
 from semsim.data.images import read_array
+from semsim.data.labels import majority
 from semsim.errors import SemsimError
-from semsim.labels import majority
 
 
 def new_figure(width: float, height: float) -> Figure:

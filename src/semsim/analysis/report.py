@@ -20,8 +20,8 @@ from semsim.analysis import figures
 from semsim.analysis.calibration import calibration_table
 from semsim.analysis.data import AnalysisData, join_scores_labels
 from semsim.analysis.stats import contradiction_matrix, human_ceiling, image_level, set_level
-from semsim.io import atomic_write, write_table
-from semsim.progress import progress
+from semsim.common.io import atomic_write, write_table
+from semsim.common.progress import progress
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 
 from semsim.analysis.data import AnalysisData, judge_matrix
-from semsim.labels import majority
+from semsim.data.labels import majority
 
 
 def aligned(values: np.ndarray, higher_is_more_leakage: bool) -> np.ndarray:

@@ -22,9 +22,9 @@ from sqlalchemy import select
 
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
 from semsim.annotation.store import ProjectInfo, answers_frame, hash_secret, project_info
+from semsim.common.io import atomic_write, write_json
+from semsim.data.labels import validate_labels, write_labels
 from semsim.errors import SemsimError
-from semsim.io import atomic_write, write_json
-from semsim.labels import validate_labels, write_labels
 
 SEMSIM_ID = re.compile(r"^(?P<idx>\d+)_-?\d+$")
 

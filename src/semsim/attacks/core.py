@@ -48,8 +48,8 @@ from semsim.attacks.gradients import (
     total_variation,
 )
 from semsim.attacks.lbfgs import BatchedLBFGS
+from semsim.common.progress import progress
 from semsim.errors import SemsimError
-from semsim.progress import progress
 
 LABEL_MODES = ("optimize", "recover", "given")
 SCHEDULES = ("none", "multistep", "cosine")

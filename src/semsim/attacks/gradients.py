@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, replace_all_batch_norm_modules_, vmap
 
-from semsim.defenses import Defense, parse_defense
 from semsim.errors import SemsimError
+from semsim.victims.defenses import Defense, parse_defense
 
 MODEL_MODES = ("eval", "train")
 

@@ -29,14 +29,14 @@ import torch
 import semsim
 from semsim.attacks.core import create_attack
 from semsim.attacks.gradients import client_gradients
+from semsim.common.io import write_json
+from semsim.common.progress import progress
 from semsim.data.datasets import ImageDataset, subset
 from semsim.data.images import save_image
 from semsim.data.sets import read_manifest, write_manifest
-from semsim.defenses import parse_defense
 from semsim.errors import SemsimError
-from semsim.io import write_json
-from semsim.progress import progress
 from semsim.victims import check_inputs, load_classifier
+from semsim.victims.defenses import parse_defense
 
 MANIFEST = "manifest.csv"
 SETTINGS = "attack.json"

@@ -21,9 +21,9 @@ from semsim.analysis import (
     parse_directions,
 )
 from semsim.analysis.calibration import METHODS, TARGETS, split_sets
+from semsim.common.io import write_table
+from semsim.data.labels import write_labels
 from semsim.errors import SemsimError
-from semsim.io import write_table
-from semsim.labels import write_labels
 
 IMPORT_FORMATS = ("semsim-cifar100",)
 

@@ -9,9 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from semsim.io import write_table
-from semsim.learned.evaluate import BASELINES, evaluate_generalization
-from semsim.learned.labels_in import load_labels
+from semsim.analysis.evaluate_semsim import BASELINES, evaluate_generalization
+from semsim.common.io import write_table
+from semsim.data.label_import import load_labels
 from semsim.learned.train import TrainConfig
 
 

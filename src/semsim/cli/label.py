@@ -8,9 +8,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from semsim.data.labels import write_labels
 from semsim.data.sets import ingest
-from semsim.labeling import label_by_model
-from semsim.labels import write_labels
+from semsim.metrics.labeler import label_by_model
 
 
 def label(

@@ -11,12 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from semsim.analysis.calibration import apply_calibration, load_calibration
+from semsim.common.io import write_table
 from semsim.data.sets import ingest
 from semsim.errors import SemsimError
-from semsim.io import write_table
-from semsim.learned.metric import annotate_provenance
 from semsim.metrics.model_based import EVALUATOR_METRICS
-from semsim.scoring import build_metrics, default_metric_names, score_manifest
+from semsim.metrics.scoring import build_metrics, default_metric_names, score_manifest
+from semsim.metrics.semsim_metric import annotate_provenance
 
 
 def set_table_path(out: Path) -> Path:

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from semsim.data.label_import import load_labels
 from semsim.errors import SemsimError
-from semsim.learned.labels_in import load_labels
 from semsim.learned.train import TrainConfig, train_semsim
 from semsim.models.classifiers import CIFAR_MEAN, CIFAR_STD
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from semsim.data.datasets import ImageDataset
+from semsim.data.image_dataset import ImageDataset
 from semsim.errors import SemsimError
 
 BUNDLED = ("digits", "faces")

@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 from PIL import UnidentifiedImageError
 
+from semsim.common.io import TABLE_SUFFIXES, read_table, write_table
 from semsim.data.images import IMAGE_SUFFIXES, image_size
 from semsim.errors import SemsimError
-from semsim.io import TABLE_SUFFIXES, read_table, write_table
 
 MANIFEST_COLUMNS = ("set", "image_id", "original", "reconstruction")
 SIDE_FILE_SUFFIXES = TABLE_SUFFIXES + (".json", ".yaml", ".yml", ".md", ".txt", ".log", ".tmp")

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from semsim.common.io import atomic_folder, read_table, write_table
 from semsim.data.sets import read_manifest, write_manifest
 from semsim.errors import SemsimError
 from semsim.grid.plan import Plan, Task, is_done, safe_path
-from semsim.io import atomic_folder, read_table, write_table
-from semsim.scoring import summarize_set
+from semsim.metrics.scoring import summarize_set
 
 MERGED_FILE = ".merged.json"
 

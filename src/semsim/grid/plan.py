@@ -133,7 +133,7 @@ def _chunks(values: list, size: int) -> list[list]:
 def _dataset_indices(spec: GridSpec) -> dict[str, list[int]]:
     """Which dataset indices each dataset contributes (``images`` section), chosen once in the driver."""
     from semsim.data.datasets import subset
-    from semsim.grid.tasks import cached_dataset
+    from semsim.grid.datasets import cached_dataset
 
     chosen = {}
     for ds in spec.datasets:

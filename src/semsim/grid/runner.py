@@ -19,12 +19,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from semsim.common.io import write_json, write_table
+from semsim.common.progress import progress
 from semsim.errors import SemsimError
 from semsim.grid.merge import merge_scores, merge_sets
 from semsim.grid.plan import PLAN_FILE, STATE_FILE, Plan, Task, build_plan, is_done
 from semsim.grid.spec import GridSpec
-from semsim.io import write_json, write_table
-from semsim.progress import progress
 
 STATUSES = ("done", "running", "pending", "failed", "blocked")
 

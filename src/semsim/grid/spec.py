@@ -183,7 +183,7 @@ def _path(base: Path, value: Any, where: str) -> str:
 
 
 def _defense(value: Any, where: str) -> str:
-    from semsim.defenses import parse_defense
+    from semsim.victims.defenses import parse_defense
 
     parse_defense(str(value))  # unknown defenses fail here
     return _name(value, where)

@@ -17,22 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from semsim.common.io import write_json
+from semsim.grid.datasets import cached_dataset
 from semsim.grid.plan import DONE_FILE, Task, read_done
-from semsim.io import write_json
-
-_DATASETS: dict[tuple[str, int | None], Any] = {}
-
-
-def cached_dataset(path: str, image_size: int | None = None) -> Any:
-    """``load_dataset`` once per worker process (a worker runs many shards of the same dataset)."""
-    from semsim.data.datasets import load_dataset
-
-    key = (path, image_size)
-    if key not in _DATASETS:
-        if len(_DATASETS) >= 4:
-            _DATASETS.pop(next(iter(_DATASETS)))
-        _DATASETS[key] = load_dataset(path, image_size=image_size) if image_size else load_dataset(path)
-    return _DATASETS[key]
 
 
 def _file_summary(folder: Path) -> dict[str, int]:
@@ -70,8 +57,8 @@ def _run_attack(task: Task, work: Path) -> dict[str, Any]:
 def _run_train(task: Task, work: Path) -> dict[str, Any]:
     import torch
 
-    from semsim.checkpoint import save_checkpoint
     from semsim.data.datasets import channel_stats, subset
+    from semsim.models.checkpoint import save_checkpoint
     from semsim.models.classifiers import create_model, model_config
     from semsim.victims.train import train_classifier
 
@@ -99,10 +86,10 @@ def _run_train(task: Task, work: Path) -> dict[str, Any]:
 def _run_score(task: Task, work: Path) -> dict[str, Any]:
     import pandas as pd
 
+    from semsim.common.io import write_table
     from semsim.data.sets import read_manifest
     from semsim.errors import SemsimError
-    from semsim.io import write_table
-    from semsim.scoring import ScoreResult, build_metrics, score_manifest
+    from semsim.metrics.scoring import ScoreResult, build_metrics, score_manifest
 
     p = task.params
     manifest = pd.concat([read_manifest(m) for m in p["manifests"]], ignore_index=True)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semsim.checkpoint import load_checkpoint, load_state_into
 from semsim.errors import SemsimError
 from semsim.models import create_model
+from semsim.models.checkpoint import load_checkpoint, load_state_into
 from semsim.models.classifiers import CIFAR_MEAN, CIFAR_STD
 
 KIND = "semsim"

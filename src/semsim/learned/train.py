@@ -30,17 +30,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
-from semsim.checkpoint import load_checkpoint, read_config, save_checkpoint
+from semsim.common.io import atomic_write
+from semsim.common.progress import progress
 from semsim.data.images import read_arrays, to_tensor
+from semsim.data.label_import import is_human, load_labels
+from semsim.data.labels import label_sources, majority
 from semsim.errors import SemsimError
-from semsim.io import atomic_write
-from semsim.labels import label_sources, majority
-from semsim.learned.labels_in import is_human, load_labels
 from semsim.learned.model import SemSimNet
 from semsim.learned.triplets import Triplets, TripletSampler, split_by_original
 from semsim.models import ARCHITECTURES
+from semsim.models.checkpoint import load_checkpoint, read_config, save_checkpoint
 from semsim.models.classifiers import CIFAR_MEAN, CIFAR_STD
-from semsim.progress import progress
 
 AUGMENTS = ("none", "flip")
 

@@ -10,7 +10,10 @@ from semsim.metrics import pixel  # noqa: F401  (mse, psnr, ssim, ms_ssim)
 from semsim.metrics import lpips  # noqa: F401  (lpips_alex, lpips_vgg, lpips_squeeze)
 
 # isort: split
-from semsim.learned import metric as _semsim_metric  # noqa: F401  (registers semsim)
+from semsim.metrics import semsim_metric  # noqa: F401  (semsim)
+
+# isort: split
+from semsim.errors import MetricUnavailable
 from semsim.metrics import (
     fid,  # noqa: F401  (fid)
     model_based,  # noqa: F401  (mr, iip, feature_distance)
@@ -20,7 +23,6 @@ from semsim.metrics.lpips import LPIPS
 from semsim.metrics.pixel import ms_ssim, mse, psnr, ssim
 from semsim.metrics.registry import (
     MetricInfo,
-    MetricUnavailable,
     check_pair,
     column_direction,
     create,

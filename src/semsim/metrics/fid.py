@@ -23,7 +23,7 @@ from torch import nn
 
 from semsim.metrics.registry import check_pair, register_metric
 from semsim.models.backbones import InceptionV3Features
-from semsim.weights import find_weights, load_into, load_state_dict
+from semsim.models.weights import find_weights, load_into, load_state_dict
 
 INCEPTION_FILES = (
     "pt_inception-2015-12-05-6726825d.pth",

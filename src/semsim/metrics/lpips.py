@@ -6,7 +6,7 @@ Deep Features as a Perceptual Metric" (CVPR 2018), version 0.1.
 the learned 1x1 linear heads, averaged over space and summed over layers. Inputs are scaled to [-1, 1] and
 shifted/scaled per channel as in the reference implementation.
 
-The ImageNet backbones come from torchvision-format files (see :mod:`semsim.weights`); the linear heads from
+The ImageNet backbones come from torchvision-format files (see :mod:`semsim.models.weights`); the linear heads from
 ``lpips/v0.1/{net}.pth`` (the files of the reference implementation, plain state dicts).
 """
 
@@ -20,7 +20,7 @@ from torch import nn
 
 from semsim.metrics.registry import check_pair, register_metric
 from semsim.models.backbones import LPIPS_CHANNELS, lpips_backbone
-from semsim.weights import find_weights, load_into, load_state_dict
+from semsim.models.weights import find_weights, load_into, load_state_dict
 
 BACKBONE_FILES = {
     "alex": ("alexnet-owt-7be5be79.pth", "alexnet-owt-4df8aa71.pth", "alexnet.safetensors"),
@@ -48,7 +48,7 @@ class LPIPS(nn.Module):
 
     ``weights``: the backbone file (or a folder holding it); ``lin_weights``: the linear-head file (or
     folder); both are otherwise looked up in ``$SEMSIM_WEIGHTS_DIR`` and the torch hub cache. Raises
-    :class:`~semsim.metrics.registry.MetricUnavailable` when a file is missing.
+    :class:`~semsim.errors.MetricUnavailable` when a file is missing.
     """
 
     def __init__(

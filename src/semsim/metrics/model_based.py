@@ -34,10 +34,9 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
-from semsim.errors import SemsimError
-from semsim.metrics.registry import MetricUnavailable, create, register_metric
-from semsim.models.classifiers import Classifier
-from semsim.victims import load_classifier
+from semsim.errors import MetricUnavailable, SemsimError
+from semsim.metrics.registry import create, register_metric
+from semsim.models.classifiers import Classifier, load_classifier
 
 IIP_VARIANTS = ("pixel", "lpips", "feature")
 EVALUATOR_METRICS = ("mr", "iip", "feature_distance")  # the metrics that take evaluator=CHECKPOINT

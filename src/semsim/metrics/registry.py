@@ -119,9 +119,3 @@ def check_pair(original: torch.Tensor, reconstruction: torch.Tensor, data_range:
             raise ValueError(f"{name}: values span [{lo:.4g}, {hi:.4g}] but data_range is {data_range}; "
                              "scale images to [0, data_range] or pass the right data_range")
 
-
-class MetricUnavailable(SemsimError):
-    """Raised when a metric cannot be built here (e.g. pretrained weights missing); the message says the fix.
-
-    The scoring pipeline skips such a metric with a warning instead of stopping; nothing is filled in for it.
-    """

@@ -11,9 +11,9 @@ from semsim.models.classifiers import (
     LeNet,
     build_model,
     create_model,
-    load_model,
+    load_classifier,
     model_config,
 )
 
-__all__ = ["ARCHITECTURES", "CifarResNet", "ConvNet", "LeNet", "build_model", "create_model", "load_model",
+__all__ = ["ARCHITECTURES", "CifarResNet", "ConvNet", "LeNet", "build_model", "create_model", "load_classifier",
            "model_config"]

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from semsim.checkpoint import load_checkpoint, load_state_into
 from semsim.errors import SemsimError
+from semsim.models.checkpoint import load_checkpoint, load_state_into
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -165,8 +165,25 @@ def build_model(config: dict[str, Any]) -> Classifier:
                         std=config.get("std", CIFAR_STD), **config.get("arch_kwargs", {}))
 
 
-def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
-    """Load a classifier checkpoint folder; returns ``(model in eval mode, config)``."""
+REQUIRED_CONFIG = ("architecture", "num_classes", "image_size", "mean", "std")
+
+
+def load_classifier(folder: str | os.PathLike,
+                    device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
+    """Load a classifier checkpoint folder (eval mode) with one-line errors for a damaged or mismatched one.
+
+    The returned model carries ``image_size`` (from the config), so :func:`check_inputs` also checks the
+    image size when given the model.
+    """
     state, config = load_checkpoint(folder)
-    model = load_state_into(build_model(config), state, str(folder))
+    missing = [k for k in REQUIRED_CONFIG if k not in config]
+    if missing:
+        raise SemsimError(f"{folder}: config.json lacks {', '.join(missing)}; not a classifier checkpoint")
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError) as exc:
+        raise SemsimError(f"{folder}: config.json does not describe a buildable "
+                          f"{config['architecture']} ({exc})") from None
+    load_state_into(model, state, str(folder))
+    model.image_size = int(config["image_size"])
     return model.to(device).eval(), config

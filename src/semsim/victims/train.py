@@ -1,7 +1,7 @@
 """Training of victim and evaluation classifiers: SGD with momentum, cosine or step schedule, seeded.
 
 The training variants of the SemSim study (Sun et al., NeurIPS 2023, Sec. 5) are an augmentation
-(:mod:`semsim.victims.augment`) and a training-time gradient defense (:func:`semsim.defenses.parse_defense`):
+(:mod:`semsim.victims.augment`) and a training-time gradient defense (:func:`semsim.victims.defenses.parse_defense`):
 each mini-batch gradient of the loss is passed through ``Defense.apply`` before the optimiser step (weight
 decay is added by the optimiser afterwards), i.e. the model learns from the gradients a defended client
 would share.
@@ -28,14 +28,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semsim.checkpoint import save_checkpoint
+from semsim.common.io import atomic_write
+from semsim.common.progress import progress
 from semsim.data.datasets import ImageDataset, channel_stats, load_dataset, subset, train_val_split
-from semsim.defenses import parse_defense
 from semsim.errors import SemsimError
-from semsim.io import atomic_write
+from semsim.models.checkpoint import save_checkpoint
 from semsim.models.classifiers import create_model, model_config
-from semsim.progress import progress
 from semsim.victims.augment import parse_augment
+from semsim.victims.defenses import parse_defense
 
 STATE_FILE = "training_state.safetensors"
 SCHEDULES = ("cosine", "step")

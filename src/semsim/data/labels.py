@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from semsim.common.io import read_table, write_table
 from semsim.errors import SemsimError
-from semsim.io import read_table, write_table
 
 LABEL_COLUMNS = ("set", "image_id", "recognized", "n_judges", "label_source")
 LABEL_SOURCE_KINDS = ("human", "model", "import")

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import semsim
+from semsim.common.io import atomic_folder
 from semsim.errors import SemsimError
-from semsim.io import atomic_folder
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -22,11 +22,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from semsim.analysis.stats import aligned, auroc
+from semsim.data.labels import majority
 from semsim.errors import SemsimError
-from semsim.labels import majority
 from semsim.learned.train import TrainConfig, train_semsim
 from semsim.metrics.registry import list_metrics, metric_info
-from semsim.scoring import build_metrics, score_manifest
+from semsim.metrics.scoring import build_metrics, score_manifest
 
 BASELINES = ("psnr", "ssim", "lpips_alex")
 

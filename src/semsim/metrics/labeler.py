@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from semsim.common.progress import progress
 from semsim.data.images import read_arrays, to_tensor
+from semsim.data.labels import validate_labels
 from semsim.errors import SemsimError
-from semsim.labels import validate_labels
 from semsim.metrics.model_based import Evaluator, load_evaluator, recognition
-from semsim.progress import progress
 
 
 def label_by_model(manifest: pd.DataFrame, evaluator: str | os.PathLike | Evaluator, *, soft: bool = False,

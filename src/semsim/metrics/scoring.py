@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from semsim.common.progress import progress
 from semsim.data.images import DecodePool, read_arrays, to_tensor
-from semsim.errors import SemsimError
-from semsim.metrics.registry import MetricUnavailable, create, decoded_inputs, list_metrics, metric_info
-from semsim.progress import progress
+from semsim.errors import MetricUnavailable, SemsimError
+from semsim.metrics.registry import create, decoded_inputs, list_metrics, metric_info
 
 _PROCESS_DECODE_MIN = 256  # pairs from which decoding in worker processes pays for starting them
 

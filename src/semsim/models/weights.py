@@ -5,7 +5,7 @@ explicit path given by the user (a file, or a folder holding the file), ``$SEMSI
 hub cache ``$TORCH_HOME/hub/checkpoints`` (``TORCH_HOME`` defaults to ``$XDG_CACHE_HOME/torch``, i.e.
 ``~/.cache/torch``), where ``torch.hub`` and torchvision keep downloaded weights. Files are read with
 ``torch.load(weights_only=True)`` or safetensors: nothing is unpickled. When no file is found the caller gets
-:class:`~semsim.metrics.registry.MetricUnavailable` naming the file and where to put it.
+:class:`~semsim.errors.MetricUnavailable` naming the file and where to put it.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from semsim.metrics.registry import MetricUnavailable
+from semsim.errors import MetricUnavailable
 
 WEIGHTS_ENV = "SEMSIM_WEIGHTS_DIR"
 

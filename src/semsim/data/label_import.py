@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from semsim.common.io import TABLE_SUFFIXES, read_table
 from semsim.data.images import IMAGE_SUFFIXES
+from semsim.data.labels import validate_labels
 from semsim.data.sets import read_manifest, resolve_paths
 from semsim.errors import SemsimError
-from semsim.io import TABLE_SUFFIXES, read_table
-from semsim.labels import validate_labels
 
 RELEASE_ROOT = "train_with_ori"
 OTHERS = "others"

@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from semsim.learned.labels_in import is_human
+from semsim.data.label_import import is_human
+from semsim.errors import MetricUnavailable
 from semsim.learned.model import load_semsim
-from semsim.metrics.registry import MetricUnavailable, check_pair, register_metric
+from semsim.metrics.registry import check_pair, register_metric
 
 
 @register_metric(

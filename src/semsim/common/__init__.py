@@ -1,0 +1,1 @@
+"""Infrastructure every stage uses: atomic file writes, tables, progress bars."""
