@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from semsim.models.classifiers import load_classifier
-from semsim.victims.augment import TRANSFORMS, parse_augment
+from semsim.victims.augment import ATS_POLICIES, parse_augment
 from semsim.victims.train import (
     check_inputs,
     check_labels,
@@ -12,5 +12,5 @@ from semsim.victims.train import (
     train_classifier,
 )
 
-__all__ = ["TRANSFORMS", "check_inputs", "check_labels", "evaluate_accuracy", "learning_rate",
+__all__ = ["ATS_POLICIES", "check_inputs", "check_labels", "evaluate_accuracy", "learning_rate",
            "load_classifier", "parse_augment", "train_classifier"]
