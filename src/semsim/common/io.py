@@ -20,6 +20,7 @@ import pandas as pd
 from semsim.errors import SemsimError
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+KEY_COLUMNS = ("set", "image_id")  # join keys: always strings (a CSV id "0001" must not become 1)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -92,7 +93,7 @@ def read_table(path: str | os.PathLike, required: tuple[str, ...] = ()) -> pd.Da
         raise SemsimError(f"{path}: no such file; give the path of a .csv or .parquet table")
     fmt = _table_format(path)
     try:
-        df = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+        df = pd.read_csv(path, dtype=dict.fromkeys(KEY_COLUMNS, str)) if fmt == "csv" else pd.read_parquet(path)
     except Exception as exc:  # pandas raises many types for malformed files
         raise SemsimError(f"{path}: cannot be read as {fmt} ({exc.__class__.__name__}: {exc})") from None
     missing = [c for c in required if c not in df.columns]

@@ -8,6 +8,11 @@ understood:
   in a sibling ``<folder>_ori`` folder;
 * two folders whose files are matched by file stem (or by the SemSim id when both use the SemSim names);
 * a manifest CSV/Parquet.
+
+A set's name is a property of the set, not of how it is passed: a folder holding a ``manifest.csv`` is read
+through it (names, labels and ``status`` from the manifest), so the folder form and the manifest form give the
+same ``set`` values. Only a folder without a manifest is named after the folder. An explicit name renames a
+single set and is refused for a manifest holding several.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import UnidentifiedImageError
 
@@ -24,6 +30,7 @@ from semsim.data.images import IMAGE_SUFFIXES, image_size
 from semsim.errors import SemsimError
 
 MANIFEST_COLUMNS = ("set", "image_id", "original", "reconstruction")
+MANIFEST_NAME = "manifest.csv"  # a set folder's own manifest (written by semsim attack and grid merges)
 SIDE_FILE_SUFFIXES = TABLE_SUFFIXES + (".json", ".yaml", ".yml", ".md", ".txt", ".log", ".tmp")
 SEMSIM_NAME = re.compile(r"^(?P<idx>-?\d+)_(?P<label>-?\d+)_(?P<kind>ori|rec)$")
 
@@ -40,7 +47,7 @@ def _image_files(folder: Path) -> dict[str, Path]:
         if suffix in SIDE_FILE_SUFFIXES:
             continue
         if suffix not in IMAGE_SUFFIXES:
-            raise SemsimError(f"{path}: not an image file; move it out of {folder} or pass --skip-bad")
+            raise SemsimError(f"{path}: not an image file; move it out of {folder}")
         if path.stem in files:
             raise SemsimError(f"{path}: two images share the stem '{path.stem}' in {folder}; keep one")
         files[path.stem] = path
@@ -129,18 +136,20 @@ def ingest(
     set_name: str | None = None,
     skip_bad: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Build a manifest from a manifest file, a SemSim-layout folder, or two folders.
+    """Build a manifest from a manifest file, a set folder, a SemSim-layout folder, or two folders.
 
+    A folder holding a ``manifest.csv`` is read through that manifest (its set names, labels and ``status``);
+    ``set_name`` renames a source of one set and is refused for a manifest of several.
     Returns ``(manifest, skipped)``: the usable pairs (absolute paths) and, with ``skip_bad``, the pairs left
     out with the reason in ``status``. Without ``skip_bad`` the first bad pair raises :class:`SemsimError`.
     """
     source = Path(source)
+    if reconstructions is None and (source / MANIFEST_NAME).is_file():
+        source = source / MANIFEST_NAME  # the set's own manifest carries its name, labels and status
     if source.suffix.lower() in TABLE_SUFFIXES:
         if reconstructions is not None:
             raise SemsimError(f"{source}: a manifest already names the reconstructions; pass it alone")
-        manifest = read_manifest(source)
-        if set_name:
-            manifest["set"] = set_name
+        manifest = rename_set(read_manifest(source), set_name, source)
         ok = manifest["status"].fillna("ok").eq("ok") if "status" in manifest else pd.Series(True, manifest.index)
         failed = manifest[~ok]
         rows = manifest[ok].to_dict("records")
@@ -172,6 +181,18 @@ def ingest(
     return df[order].reset_index(drop=True), skipped
 
 
+def rename_set(manifest: pd.DataFrame, set_name: str | None, source: str | os.PathLike) -> pd.DataFrame:
+    """Give the one set of ``manifest`` the name ``set_name`` (None: keep it); refuse a manifest of several."""
+    if not set_name:
+        return manifest
+    names = list(dict.fromkeys(manifest["set"]))
+    if len(names) > 1:
+        shown = ", ".join(f"'{n}'" for n in names[:3]) + (", ..." if len(names) > 3 else "")
+        raise SemsimError(f"{source}: holds {len(names)} sets ({shown}) but a set name (--set {set_name}) renames "
+                          "one; leave the name out to keep theirs, or pass a manifest of one set")
+    return manifest.assign(set=set_name)
+
+
 def resolve_paths(df: pd.DataFrame, base: str | os.PathLike) -> pd.DataFrame:
     """Make relative ``original``/``reconstruction`` paths absolute against ``base`` (the manifest's folder)."""
     base = Path(base).resolve()
@@ -186,8 +207,16 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
     """Read a manifest and resolve its paths against its own folder."""
     path = Path(path)
     df = read_table(path, required=MANIFEST_COLUMNS)
-    df["set"] = df["set"].astype(str)
-    df["image_id"] = df["image_id"].astype(str)
+    for col in ("set", "image_id"):
+        blank = df[col].isna() | df[col].astype(str).str.strip().eq("")
+        if blank.any():
+            raise SemsimError(f"{_row(path, blank)}: blank '{col}'; every pair needs a {col}: fill it in or "
+                              "delete the row")
+        df[col] = df[col].astype(str)
+    if "label" in df and df["label"].isna().all():
+        df = df.drop(columns="label")  # an empty label column: an unlabelled set
+    elif "label" in df:
+        df["label"] = _integer_labels(df["label"], path)
     dupes = df.duplicated(["set", "image_id"])
     if dupes.any():
         row = df[dupes].iloc[0]
@@ -195,6 +224,24 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: image_id '{row['image_id']}' appears twice in set '{row['set']}'; ids must be unique"
         )
     return resolve_paths(df, path.parent)
+
+
+def _row(path: Path, bad: pd.Series) -> str:
+    """``path, line N`` (CSV: the file's line, header = line 1) or ``path, row N`` of the first True in ``bad``."""
+    i = int(np.flatnonzero(bad.to_numpy())[0])
+    return f"{path}, line {i + 2}" if path.suffix.lower() == ".csv" else f"{path}, row {i + 1}"
+
+
+def _integer_labels(labels: pd.Series, path: Path) -> pd.Series:
+    """The ``label`` column as int64; a blank, text or fraction is an error naming the row."""
+    values = pd.to_numeric(labels, errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        value = labels[bad].iloc[0]
+        what = "blank" if pd.isna(value) else f"{value}"
+        raise SemsimError(f"{_row(path, bad)}: label {what} is not a class index; labels are whole numbers "
+                          "(0, 1, ...): fix the row, or leave the whole column empty for an unlabelled set")
+    return values.astype(np.int64)
 
 
 def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
