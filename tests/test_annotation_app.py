@@ -18,7 +18,9 @@ from annotation_util import csrf_of, item_of, login, make_project
 from semsim.annotation import add_annotator, dashboard, submit_answer
 from semsim.annotation.app import create_app
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item, WebSession
-from semsim.annotation.store import AnswerWriter, NotAssigned, hash_secret, project_info, set_active
+from semsim.annotation import set_active
+from semsim.annotation.project import NotAssigned, hash_secret, project_info
+from semsim.annotation.writer import AnswerWriter
 
 
 def _queues(db: Database) -> dict[int, list[int]]:

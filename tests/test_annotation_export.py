@@ -17,7 +17,7 @@ from annotation_util import CLASSES, make_project, make_set
 from semsim.annotation import export, import_labelstudio, init_project, label_table, submit_answer
 from semsim.annotation.app import create_app
 from semsim.annotation.db import Annotator, Assignment, Database, Item
-from semsim.annotation.store import project_info
+from semsim.annotation.project import project_info
 from semsim.cli import app
 from semsim.data.labels import read_labels
 from semsim.errors import SemsimError
@@ -92,7 +92,7 @@ def test_labelstudio_round_trip_and_import(tmp_path):
                  classes=CLASSES)
     fresh = Database(tmp_path / "two.sqlite")
     counts = import_labelstudio(fresh, tasks_file)
-    assert counts == {"added": 12, "duplicates": 0, "unmatched": 0, "skipped": 0}
+    assert counts == {"added": 12, "duplicates": 0, "conflicts": 0, "unmatched": 0, "skipped": 0}
     assert import_labelstudio(fresh, tasks_file)["duplicates"] == 12  # importing twice adds nothing
     cols = ["set", "image_id", "recognized", "n_judges"]
     pd.testing.assert_frame_equal(label_table(fresh)[cols], label_table(db)[cols])
@@ -105,7 +105,7 @@ def test_labelstudio_round_trip_and_import(tmp_path):
                {"id": 2, "data": {"image": "/elsewhere/nothing.png"}, "annotations": []}]
     (tmp_path / "ls.json").write_text(json.dumps(foreign))
     got = import_labelstudio(fresh, tmp_path / "ls.json")
-    assert got == {"added": 1, "duplicates": 0, "unmatched": 1, "skipped": 1}
+    assert got == {"added": 1, "duplicates": 0, "conflicts": 0, "unmatched": 1, "skipped": 1}
     with fresh.read() as s:
         assert s.scalar(select(Annotator.imported).where(Annotator.name == "labelstudio-7"))
     (tmp_path / "bad.json").write_text("{not json")

@@ -1,10 +1,13 @@
 """The annotation web app (FastAPI, server-rendered Jinja2 pages, one small local script; nothing external).
 
 Annotators log in through their secret link ``/start/<token>``: it opens a session (HttpOnly, SameSite=Strict
-cookie; the id is stored hashed) with its own CSRF token that every form posts back. Scripts use the JSON API
-with ``Authorization: Bearer <token>`` (no cookies, so no CSRF). Images are served by item id from the files
-registered in the database, only to an annotator who has the item in their queue (the original only in the
-side-by-side task, where it is part of the question) or to an admin.
+cookie, Secure behind HTTPS; the id is stored hashed) that expires, with its own CSRF token that every form
+posts back. A link opened in a browser that already has a live session asks before replacing it. Scripts use
+the JSON API with ``Authorization: Bearer <token>`` (no cookies, so no CSRF). Every POST is refused with 413
+when its body exceeds :data:`MAX_BODY` and with 403 when it is not authenticated, both before the body is read.
+Images are served by item id from the files registered in the database, only to an annotator who has the
+item in their queue (the original only in the side-by-side task, where it is part of the question), for the
+examples of the instructions page, or to an admin.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import asyncio
 import contextlib
 import hmac
 import io
+import json
 import os
 import secrets
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Form, Request
@@ -24,19 +28,24 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image
-from pydantic import BaseModel
-from sqlalchemy import Row
+from sqlalchemy import Row, select
 from starlette.background import BackgroundTask
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from semsim.annotation import store
-from semsim.annotation.db import Database, Item
+from semsim.annotation import answers as store
+from semsim.annotation import sessions
+from semsim.annotation.annotators import add_annotator, set_base_url
+from semsim.annotation.dashboard import dashboard as dashboard_data
+from semsim.annotation.db import Database, Item, Project
 from semsim.annotation.export import export, zip_folders
+from semsim.annotation.project import ACTIONS, NotAssigned, project_info
+from semsim.annotation.writer import AnswerWriter
 from semsim.errors import SemsimError
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "semsim_session"
 DISPLAY_SIZE = 256  # images are upscaled by an integer factor (nearest neighbour) to at least this size
+MAX_BODY = 16 * 1024  # bytes; an answer is well under 1 KiB
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
                                "form-action 'self'; frame-ancestors 'none'",
@@ -44,16 +53,11 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class Forbidden(Exception):
     """Turned into a 403 page (or JSON for the API)."""
-
-
-class ApiAnswer(BaseModel):
-    item_id: int
-    value: int
-    submit_id: str | None = None
 
 
 def upscaled_png(path: str | os.PathLike, size: int = DISPLAY_SIZE) -> bytes:
@@ -89,20 +93,73 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def shortcut(info: store.ProjectInfo, value: int) -> str:
-    """The key that gives an answer: y/n/u (pair); 1..9, 0 for up to ten classes; '-' for can't tell."""
-    if info.task == "pair":
-        return {1: "y", 0: "n", -1: "u"}[value]
-    if value == -1:
-        return "-"
-    return str((value + 1) % 10) if len(info.classes) <= 10 else ""
+async def _plain(send: Send, status: int, text: str, api: bool) -> None:
+    body = json.dumps({"error": text}).encode() if api else text.encode()
+    kind = b"application/json" if api else b"text/plain; charset=utf-8"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
 
 
-def create_app(db_url: str | os.PathLike) -> FastAPI:
-    """The app for one annotation database."""
+class RequestGuard:
+    """ASGI middleware for writing requests: 413 when the declared or the actual body exceeds ``limit`` bytes,
+    403 when ``authenticate(scope)`` finds nobody; both before the body is read (an unauthenticated or
+    oversized request costs one header check). The authenticated caller goes to ``scope["state"]["auth"]``."""
+
+    def __init__(self, app: ASGIApp, authenticate: Callable[[Scope], object | None], limit: int = MAX_BODY):
+        self.app, self.authenticate, self.limit = app, authenticate, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in WRITES:
+            await self.app(scope, receive, send)
+            return
+        api = scope["path"].startswith("/api/")
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _plain(send, 413, f"request body over {self.limit} bytes", api)
+            return
+        auth = self.authenticate(scope)
+        if auth is None:
+            await _plain(send, 403, "not logged in: open your personal link (or send 'Authorization: Bearer "
+                                    "<token>')", api)
+            return
+        scope.setdefault("state", {})["auth"] = auth
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                await _plain(send, 413, f"request body over {self.limit} bytes", api)
+                return
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in text.split("\n\n") if p.strip()]
+
+
+def create_app(db_url: str | os.PathLike, session_hours: float = sessions.DEFAULT_SESSION_HOURS,
+               secure_cookies: bool = False) -> FastAPI:
+    """The app for one annotation database; sessions last ``session_hours``; ``secure_cookies`` marks the
+    cookie Secure even when the app itself sees plain HTTP (behind a TLS-terminating proxy)."""
     db = Database(db_url)
-    info = store.project_info(db)
-    writer = store.AnswerWriter(db, info)
+    info = project_info(db)
+    writer = AnswerWriter(db, info)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
 
     @contextlib.asynccontextmanager
@@ -111,10 +168,20 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         writer.close()
         db.dispose()
 
+    def authenticate(scope: Scope) -> object | None:
+        request = Request(scope)
+        if scope["path"].startswith("/api/"):
+            auth = request.headers.get("authorization", "")
+            return sessions.annotator_by_token(db, auth[7:]) if auth.lower().startswith("bearer ") else None
+        session_id = request.cookies.get(COOKIE)
+        return sessions.session_user(db, session_id) if session_id else None
+
     app = FastAPI(title="semsim annotation", docs_url=None, redoc_url=None, openapi_url=None,
                   lifespan=lifespan)
     app.state.db = db
+    app.state.writer = writer
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.add_middleware(RequestGuard, authenticate=authenticate)
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(Forbidden)
@@ -124,11 +191,24 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         return templates.TemplateResponse(request, "message.html",
                                           {"title": "Not allowed", "message": str(exc)}, status_code=403)
 
-    def user(request: Request) -> tuple[Row, str]:
+    def page(request: Request, name: str, context: dict, status_code: int = 200) -> Response:
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def message(request: Request, title: str, text: str, status_code: int = 200, **more: object) -> Response:
+        return page(request, "message.html", {"title": title, "message": text, **more}, status_code)
+
+    def current(request: Request) -> tuple[Row, str] | None:
+        auth = getattr(request.state, "auth", None)
+        if auth is not None:
+            return auth
         session_id = request.cookies.get(COOKIE)
-        found = store.session_user(db, session_id) if session_id else None
+        return sessions.session_user(db, session_id) if session_id else None
+
+    def user(request: Request) -> tuple[Row, str]:
+        found = current(request)
         if found is None:
-            raise Forbidden("Open the personal link you were given to start.")
+            raise Forbidden("Open the personal link you were given to start (sessions end after "
+                            f"{session_hours:g} hours).")
         return found
 
     def check_csrf(csrf: str, expected: str) -> None:
@@ -142,11 +222,35 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         return person, csrf
 
     def api_user(request: Request) -> Row:
-        auth = request.headers.get("authorization", "")
-        person = store.annotator_by_token(db, auth[7:]) if auth.lower().startswith("bearer ") else None
+        person = getattr(request.state, "auth", None)
+        if person is None:
+            auth = request.headers.get("authorization", "")
+            person = sessions.annotator_by_token(db, auth[7:]) if auth.lower().startswith("bearer ") else None
         if person is None:
             raise Forbidden("missing or unknown token; send 'Authorization: Bearer <token>'")
         return person
+
+    def login(request: Request, token: str) -> Response:
+        opened = sessions.open_session(db, token, session_hours)
+        if opened is None:
+            raise Forbidden("This link is not valid (or was revoked); ask the organiser for a new one.")
+        session_id, _, person = opened
+        if person.is_admin:
+            target = "/admin"
+        else:
+            target = "/instructions" if has_instructions() and store.progress_of(db, person.id).done == 0 \
+                else "/task"
+        response = RedirectResponse(target, status_code=303)
+        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict",
+                            max_age=int(session_hours * 3600),
+                            secure=secure_cookies or request.url.scheme == "https")
+        return response
+
+    def has_instructions() -> bool:
+        with db.read() as s:
+            text = s.scalar(select(Project.instructions).limit(1))
+            example = s.scalar(select(Item.id).where(Item.example).limit(1))
+        return bool(text) or example is not None
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -159,27 +263,54 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
 
     @app.get("/start/{token}")
     def start(request: Request, token: str) -> Response:
-        opened = store.open_session(db, token)
-        if opened is None:
+        live = current(request)
+        if live is None:
+            return login(request, token)
+        person = sessions.annotator_by_token(db, token)
+        if person is None:
             raise Forbidden("This link is not valid (or was revoked); ask the organiser for a new one.")
-        session_id, _, person = opened
-        response = RedirectResponse("/admin" if person.is_admin else "/task", status_code=303)
-        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", max_age=90 * 24 * 3600,
-                            secure=request.url.scheme == "https")
+        if person.id == live[0].id:
+            return RedirectResponse("/admin" if person.is_admin else "/task", status_code=303)
+        return page(request, "switch.html", {"person": live[0], "csrf": live[1], "token": token,
+                                             "other": person.name})
+
+    @app.post("/start")
+    def switch(request: Request, token: str = Form(...), csrf: str = Form(...)) -> Response:
+        _, expected = user(request)
+        check_csrf(csrf, expected)
+        sessions.close_session(db, request.cookies.get(COOKIE, ""))
+        return login(request, token)
+
+    @app.post("/logout")
+    def logout(request: Request, csrf: str = Form(...)) -> Response:
+        _, expected = user(request)
+        check_csrf(csrf, expected)
+        sessions.close_session(db, request.cookies.get(COOKIE, ""))
+        response = message(request, "Signed out", "You are signed out. Open your personal link to continue.")
+        response.delete_cookie(COOKIE)
         return response
+
+    @app.get("/instructions", response_class=HTMLResponse)
+    def instructions(request: Request) -> Response:
+        person, csrf = user(request)
+        with db.read() as s:
+            text = s.scalar(select(Project.instructions).limit(1)) or ""
+            examples = s.execute(select(Item.id, Item.gold_answer).where(Item.example).order_by(Item.id)).all()
+        return page(request, "instructions.html", {
+            "person": person, "csrf": csrf, "info": info, "paragraphs": _paragraphs(text),
+            "examples": [(item_id, info.text(answer)) for item_id, answer in examples]})
 
     @app.get("/task", response_class=HTMLResponse)
     def task(request: Request) -> Response:
         person, csrf = user(request)
         prog = store.progress_of(db, person.id)
         if prog.item_id is None:
-            return templates.TemplateResponse(request, "done.html", {"person": person, "progress": prog,
-                                                                     "csrf": csrf})
-        return templates.TemplateResponse(request, "task.html", {
+            return page(request, "done.html", {"person": person, "progress": prog, "csrf": csrf})
+        choices = [*info.choices(), *ACTIONS.items()]
+        return page(request, "task.html", {
             "person": person, "progress": prog, "item_id": prog.item_id, "info": info, "csrf": csrf,
-            "choices": info.choices(), "submit_id": secrets.token_urlsafe(16),
-            "keys": {v: shortcut(info, v) for v, _ in info.choices()},
-        })
+            "choices": choices, "submit_id": secrets.token_urlsafe(16), "keys": {v: info.key(v) for v, _ in choices},
+            "has_instructions": has_instructions()})
 
     @app.post("/answer")
     def answer(request: Request, item_id: int = Form(...), value: int = Form(...), csrf: str = Form(...),
@@ -188,11 +319,10 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         check_csrf(csrf, expected)
         try:
             writer.submit(person.id, item_id, value, submit_id or None)
-        except store.NotAssigned as exc:
+        except NotAssigned as exc:
             raise Forbidden(str(exc)) from None
         except SemsimError as exc:
-            return templates.TemplateResponse(request, "message.html", {"title": "Invalid answer",
-                                                                        "message": str(exc)}, status_code=400)
+            return message(request, "Invalid answer", str(exc), 400)
         return RedirectResponse("/task", status_code=303)
 
     @app.post("/undo")
@@ -207,15 +337,17 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         person, _ = user(request)
         if kind not in ("rec", "ori"):
             raise Forbidden("unknown image kind")
-        if not person.is_admin:
-            if kind == "ori" and info.task != "pair":
-                raise Forbidden("originals are not shown in this task")
-            if not store.is_assigned(db, person.id, item_id):
-                raise Forbidden(f"item {item_id} is not in your queue")
+        if not 1 <= item_id <= store.MAX_ID:
+            raise Forbidden(f"item {item_id}: no such item")
         with db.read() as s:
             item = s.get(Item, item_id)
         if item is None:
             raise Forbidden(f"item {item_id}: no such item")
+        if not person.is_admin:
+            if kind == "ori" and info.task != "pair":
+                raise Forbidden("originals are not shown in this task")
+            if not item.example and not store.is_assigned(db, person.id, item_id):
+                raise Forbidden(f"item {item_id} is not in your queue")
         path = item.reconstruction if kind == "rec" else item.original
         try:
             png = upscaled_png(path)
@@ -230,24 +362,30 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         return {"item_id": prog.item_id, "done": prog.done, "total": prog.total}
 
     @app.post("/api/answer")
-    async def api_answer(request: Request, body: ApiAnswer) -> Response:
-        # async: the two indexed reads are short (WAL readers never wait), the write waits on the group commit
+    async def api_answer(request: Request) -> Response:
+        # async: the indexed reads are short (WAL readers never wait), the write waits on the group commit
         person = api_user(request)
         try:
-            future = writer.enqueue(person.id, body.item_id, body.value, body.submit_id)
+            body = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"error": "body: not JSON; send {\"item_id\": ..., \"value\": ...}"},
+                                status_code=400)
+        if not isinstance(body, dict):
+            return JSONResponse({"error": "body: expected a JSON object with item_id and value"}, status_code=400)
+        try:
+            future = writer.enqueue(person.id, body.get("item_id"), body.get("value"), body.get("submit_id"))
             stored = store.outcome(await asyncio.wrap_future(future))
-        except store.NotAssigned as exc:
+        except NotAssigned as exc:
             raise Forbidden(str(exc)) from None
         except SemsimError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        return JSONResponse({"stored": stored, "duplicate": not stored, "item_id": body.item_id,
+        return JSONResponse({"stored": stored, "duplicate": not stored, "item_id": body["item_id"],
                              "next_item_id": store.next_item(db, person.id)})
 
     @app.get("/admin", response_class=HTMLResponse)
     def dashboard(request: Request) -> Response:
         person, csrf = admin(request)
-        return templates.TemplateResponse(request, "admin.html", {"person": person, "csrf": csrf,
-                                                                  "d": store.dashboard(db)})
+        return page(request, "admin.html", {"person": person, "csrf": csrf, "d": dashboard_data(db)})
 
     @app.post("/admin/annotators", response_class=HTMLResponse)
     def new_annotator(request: Request, name: str = Form(...), csrf: str = Form(...),
@@ -255,14 +393,12 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
         _, expected = admin(request)
         check_csrf(csrf, expected)
         try:
-            token = store.add_annotator(db, name, admin=bool(is_admin))
+            token = add_annotator(db, name, admin=bool(is_admin))
         except SemsimError as exc:
-            return templates.TemplateResponse(request, "message.html", {"title": "Not created",
-                                                                        "message": str(exc)}, status_code=400)
+            return message(request, "Not created", str(exc), 400)
         link = str(request.base_url).rstrip("/") + f"/start/{token}"
-        return templates.TemplateResponse(request, "message.html", {
-            "title": f"Annotator {name} created", "message": "Send this personal link (shown only now):",
-            "link": link, "back": "/admin"})
+        return message(request, f"Annotator {name} created", "Send this personal link (shown only now):",
+                       link=link, back="/admin")
 
     @app.get("/admin/export/{name}")
     def export_file(request: Request, name: str) -> Response:
@@ -273,14 +409,10 @@ def create_app(db_url: str | os.PathLike) -> FastAPI:
             raise Forbidden(f"unknown export {name!r}")
         tmp = Path(tempfile.mkdtemp(prefix="semsim-export-"))
         try:
-            if kinds[name] == "zip":
-                path = zip_folders(db, tmp / name)
-            else:
-                path = export(db, tmp / name, kinds[name])
+            path = zip_folders(db, tmp / name) if kinds[name] == "zip" else export(db, tmp / name, kinds[name])
         except SemsimError as exc:
             _cleanup(tmp)
-            context = {"title": "Nothing to export", "message": str(exc), "back": "/admin"}
-            return templates.TemplateResponse(request, "message.html", context, status_code=409)
+            return message(request, "Nothing to export", str(exc), 409, back="/admin")
         return FileResponse(path, filename=name, background=BackgroundTask(_cleanup, tmp))
 
     return app
@@ -292,9 +424,14 @@ def _cleanup(folder: Path) -> None:
     folder.rmdir()
 
 
-
-def serve(db_url: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app with uvicorn until interrupted."""
+def serve(db_url: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
+          public_url: str | None = None, session_hours: float = sessions.DEFAULT_SESSION_HOURS,
+          secure_cookies: bool = False) -> None:
+    """Run the app with uvicorn until interrupted; remember ``public_url`` (default ``http://host:port``) as
+    the address of the links that ``add-annotator`` prints."""
     import uvicorn
 
-    uvicorn.run(create_app(db_url), host=host, port=port, log_level="warning")
+    app = create_app(db_url, session_hours=session_hours, secure_cookies=secure_cookies)
+    set_base_url(app.state.db, public_url or f"http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+

@@ -2,7 +2,8 @@
 
 SQLite runs in WAL mode with ``synchronous=FULL`` (an acknowledged answer survives a killed server or a power
 cut) and ``BEGIN IMMEDIATE`` for writing transactions (concurrent writers wait for the lock instead of failing
-on a stale snapshot); any other SQLAlchemy URL (e.g. ``postgresql://...``) is used as given.
+on a stale snapshot); any other SQLAlchemy URL (e.g. ``postgresql://...``) is used as given. A file that is not
+a SQLite database is refused before anything is written to it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -34,6 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from semsim.errors import SemsimError
 
 TASKS = ("class", "pair")
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def utcnow() -> dt.datetime:
@@ -45,7 +48,8 @@ class Base(DeclarativeBase):
 
 
 class Project(Base):
-    """One study per database: its task form, judges per item, classes and a secret for signing."""
+    """One study per database: its task form, judges per item, classes, the owner's instructions for annotators
+    and the address the app is served at (for the links of new annotators)."""
 
     __tablename__ = "project"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -54,11 +58,14 @@ class Project(Base):
     per_item: Mapped[int] = mapped_column(Integer)
     classes: Mapped[list] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    base_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class Item(Base):
-    """A reconstruction to judge (with its original); gold items carry the known answer."""
+    """A reconstruction to judge (with its original); gold items carry the known answer; examples are shown
+    with their answer on the instructions page and never assigned."""
 
     __tablename__ = "item"
     __table_args__ = (UniqueConstraint("set", "image_id", name="uq_item_set_image"),)
@@ -70,6 +77,7 @@ class Item(Base):
     label: Mapped[int | None] = mapped_column(Integer, nullable=True)
     gold: Mapped[bool] = mapped_column(Boolean, default=False)
     gold_answer: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    example: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Annotator(Base):
@@ -99,7 +107,8 @@ class Assignment(Base):
 class Answer(Base):
     """One answer per assignment (the unique constraint makes a double submit store one row).
 
-    ``value``: class task, the chosen class index or -1 ("can't tell"); pair task, 1 yes, 0 no, -1 unsure.
+    ``value``: class task, the chosen class index or -1 ("can't tell"); pair task, 1 yes, 0 no, -1 unsure;
+    both tasks: -2 the image was flagged as broken, -3 the item was skipped (neither counts as a judgment).
     """
 
     __tablename__ = "answer"
@@ -113,7 +122,7 @@ class Answer(Base):
 
 
 class WebSession(Base):
-    """A browser session opened by a secret link: cookie id (stored hashed) and its CSRF token."""
+    """A browser session opened by a secret link: cookie id (stored hashed), its CSRF token and its expiry."""
 
     __tablename__ = "web_session"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -121,6 +130,28 @@ class WebSession(Base):
     annotator_id: Mapped[int] = mapped_column(ForeignKey("annotator.id"), index=True)
     csrf: Mapped[str] = mapped_column(String(64))
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    expires: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases or in-memory SQLite)."""
+    if not url.startswith("sqlite") or "///" not in url:
+        return None
+    name = url.split("///", 1)[1]
+    return Path(name) if name and name != ":memory:" else None
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Refuse a file that exists, is not empty and is not a SQLite database (before SQLite touches it)."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise SemsimError(f"{path}: is a folder; give a file name for the annotation database (e.g. study.sqlite)")
+    with open(path, "rb") as fh:
+        head = fh.read(len(SQLITE_MAGIC))
+    if head and head != SQLITE_MAGIC:
+        raise SemsimError(f"{path}: not a SQLite database; give a new file name or an existing annotation "
+                          "database")
 
 
 def database_url(db: str | os.PathLike) -> str:
@@ -140,9 +171,10 @@ class Database:
     def __init__(self, db: str | os.PathLike, create: bool = False):
         self.url = database_url(db)
         self.is_sqlite = self.url.startswith("sqlite")
-        if self.is_sqlite and not create:
-            path = Path(self.url.split("///", 1)[1])
-            if not path.is_file():
+        path = sqlite_path(self.url)
+        if path is not None:
+            check_sqlite_file(path)
+            if not create and not path.is_file():
                 raise SemsimError(f"{path}: no such annotation database; create it with "
                                   "`semsim annotate init`")
         self.engine = self._engine(immediate=False)

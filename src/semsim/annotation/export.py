@@ -5,6 +5,10 @@
   reconstructions people recognized, ``train_with_ori/-<N>/`` those they did not (``N`` is the image index
   of a SemSim id ``{idx}_{label}``, else the image id);
 * Label Studio JSON tasks (export, and import of answers made in Label Studio).
+
+Flagged (broken image) and skipped answers are exported as such (``n_flagged``/``n_skipped`` in the label
+table, the choice "broken image" and Label Studio's own ``was_cancelled`` skip) and are never judgments.
+Files are not overwritten unless asked (``force``).
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from semsim.annotation.dashboard import answers_frame, judgments
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
-from semsim.annotation.store import ProjectInfo, answers_frame, hash_secret, project_info
+from semsim.annotation.project import FLAG, SKIP, ProjectInfo, hash_secret, project_info
 from semsim.common.io import atomic_write, write_json
-from semsim.data.labels import validate_labels, write_labels
 from semsim.errors import SemsimError
 
 SEMSIM_ID = re.compile(r"^(?P<idx>\d+)_-?\d+$")
@@ -31,20 +36,25 @@ SEMSIM_ID = re.compile(r"^(?P<idx>\d+)_-?\d+$")
 
 def label_table(db: Database) -> pd.DataFrame:
     """One row per judged (non-gold) item: ``recognized`` = share of judges who recognized it, ``judge_<k>``
-    = the k-th answer in submission order (class index / 1, 0, or -1 for can't tell / unsure)."""
+    = the k-th judgment in submission order (class index / 1, 0, or -1 for can't tell / unsure),
+    ``n_flagged`` / ``n_skipped`` = how many people flagged the image as broken / skipped it."""
+    from semsim.data.labels import validate_labels  # the data package imports torch: only when exporting
+
     info = project_info(db)
     answers = answers_frame(db)
-    answers = answers[~answers["gold"].astype(bool)]
+    answers = answers[~answers["gold"]]
+    actions = answers.groupby(["item_id", "value"]).size()
     with db.read() as s:
-        items = {r.id: r for r in s.scalars(select(Item).where(~Item.gold))}
+        items = {r.id: r for r in s.scalars(select(Item).where(~Item.gold, ~Item.example))}
     rows = []
-    for item_id, group in answers.groupby("item_id", sort=False):
+    for item_id, group in judgments(answers).groupby("item_id", sort=False):
         item = items[item_id]
         values = [int(v) for v in group["value"]]
         row = {"set": item.set, "image_id": item.image_id, "original": item.original,
                "reconstruction": item.reconstruction,
                "recognized": sum(info.recognized(v, item.label) for v in values) / len(values),
-               "n_judges": len(values), "label_source": f"human:{info.study}", "label": item.label}
+               "n_judges": len(values), "label_source": f"human:{info.study}", "label": item.label,
+               "n_flagged": int(actions.get((item_id, FLAG), 0)), "n_skipped": int(actions.get((item_id, SKIP), 0))}
         row.update({f"judge_{k + 1}": v for k, v in enumerate(values)})
         rows.append(row)
     if not rows:
@@ -58,6 +68,8 @@ def label_table(db: Database) -> pd.DataFrame:
 
 def export_labels(db: Database, path: str | os.PathLike) -> Path:
     """Write the label table (CSV or Parquet by suffix)."""
+    from semsim.data.labels import write_labels
+
     return write_labels(label_table(db), path)
 
 
@@ -104,27 +116,31 @@ def export_folders(db: Database, out: str | os.PathLike) -> Path:
     return out
 
 
+def _labelstudio_annotation(row: tuple, info: ProjectInfo) -> dict:
+    answer_id, annotator_id, name, value, created = row
+    ann = {"id": int(answer_id), "completed_by": int(annotator_id), "created_username": name,
+           "created_at": created.isoformat() + "Z"}
+    if value == SKIP:  # Label Studio's own way of recording a skipped task
+        return {**ann, "was_cancelled": True, "result": []}
+    return {**ann, "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
+                               "value": {"choices": [info.text(int(value))]}}]}
+
+
 def labelstudio_tasks(db: Database) -> list[dict]:
-    """Label Studio tasks (one per item, gold items flagged) with every answer as a ``choices`` annotation."""
+    """Label Studio tasks (one per item, gold items flagged) with every answer as a ``choices`` annotation
+    (a flag as the choice "broken image", a skip as a cancelled annotation)."""
     info = project_info(db)
     answers = answers_frame(db)
-    by_item = {k: g for k, g in answers.groupby("item_id")}
-    tasks = []
+    by_item: dict[int, list[dict]] = {}
+    columns = ["answer_id", "annotator_id", "annotator", "value", "created"]
+    for item_id, *row in zip(answers["item_id"], *(answers[c] for c in columns), strict=True):
+        by_item.setdefault(int(item_id), []).append(_labelstudio_annotation(tuple(row), info))
     with db.read() as s:
-        items = list(s.scalars(select(Item).order_by(Item.id)))
-    for item in items:
-        anns = []
-        group = by_item.get(item.id)
-        for row in ([] if group is None else group.itertuples(index=False)):
-            anns.append({"id": int(row.answer_id), "completed_by": int(row.annotator_id),
-                         "created_username": row.annotator, "created_at": row.created.isoformat() + "Z",
-                         "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
-                                     "value": {"choices": [info.text(int(row.value))]}}]})
-        tasks.append({"id": item.id, "data": {"image": item.reconstruction, "original": item.original,
-                                              "set": item.set, "image_id": item.image_id, "label": item.label,
-                                              "gold": item.gold},
-                      "annotations": anns})
-    return tasks
+        items = s.execute(select(Item.id, Item.reconstruction, Item.original, Item.set, Item.image_id,
+                                 Item.label, Item.gold).where(~Item.example).order_by(Item.id)).all()
+    return [{"id": item.id, "data": {"image": item.reconstruction, "original": item.original, "set": item.set,
+                                     "image_id": item.image_id, "label": item.label, "gold": item.gold},
+             "annotations": by_item.get(item.id, [])} for item in items]
 
 
 def export_labelstudio(db: Database, path: str | os.PathLike) -> Path:
@@ -155,10 +171,87 @@ def _match_item(task: dict, by_key: dict, by_path: dict, by_name: dict) -> int |
     return None
 
 
+def _choice(ann: dict, where: str) -> str | None:
+    """The chosen text of a Label Studio annotation (None: cancelled or empty); a malformed result raises."""
+    results = ann.get("result") or []
+    if not isinstance(results, list):
+        raise SemsimError(f"{where}: 'result' is not a list; export the tasks as Label Studio JSON")
+    choices = [r for r in results if isinstance(r, dict) and r.get("type") == "choices"]
+    if ann.get("was_cancelled") or not choices:
+        return None
+    value = choices[0].get("value")
+    if not isinstance(value, dict) or not isinstance(value.get("choices", []), list):
+        raise SemsimError(f"{where}: a 'choices' result without a 'value' holding 'choices'; export the tasks "
+                          "as Label Studio JSON (with annotations)")
+    return str(value["choices"][0]) if value.get("choices") else None
+
+
+class _Importer:
+    """Matches Label Studio tasks to items and adds their answers inside one write transaction."""
+
+    def __init__(self, s: Session, info: ProjectInfo):
+        self.s, self.info = s, info
+        items = s.execute(select(Item.id, Item.set, Item.image_id, Item.reconstruction)).all()
+        self.by_key = {(r.set, r.image_id): r.id for r in items}
+        self.by_path = {r.reconstruction: r.id for r in items}
+        names: dict[str, list[int]] = {}
+        for r in items:
+            names.setdefault(Path(r.reconstruction).name, []).append(r.id)
+        self.by_name = {k: v[0] for k, v in names.items() if len(v) == 1}
+        self.people = {a.name: a.id for a in s.scalars(select(Annotator))}
+        self.counts = {"added": 0, "duplicates": 0, "conflicts": 0, "unmatched": 0, "skipped": 0}
+
+    def person(self, name: str) -> int:
+        if name not in self.people:
+            person = Annotator(name=name, token_hash=hash_secret(secrets.token_urlsafe(32)), active=False,
+                               imported=True)
+            self.s.add(person)
+            self.s.flush()
+            self.people[name] = person.id
+        return self.people[name]
+
+    def add(self, item_id: int, person_id: int, value: int, source_id: object) -> str:
+        """Store one answer; return the count it goes to (added, duplicates or conflicts)."""
+        s = self.s
+        assignment = s.scalar(select(Assignment).where(Assignment.annotator_id == person_id,
+                                                       Assignment.item_id == item_id))
+        if assignment is None:
+            assignment = Assignment(annotator_id=person_id, item_id=item_id, position=0.0)
+            s.add(assignment)
+            s.flush()
+        else:
+            stored = s.scalar(select(Answer.value).where(Answer.assignment_id == assignment.id))
+            if stored is not None:
+                return "duplicates" if stored == value else "conflicts"
+        s.add(Answer(assignment_id=assignment.id, annotator_id=person_id, item_id=item_id, value=value,
+                     submit_id=f"labelstudio:{str(source_id)[:50]}"))
+        return "added"
+
+    def task(self, task: dict, where: str) -> None:
+        if not isinstance(task, dict):
+            raise SemsimError(f"{where}: not a JSON object; export the tasks as Label Studio JSON")
+        item_id = _match_item(task, self.by_key, self.by_path, self.by_name)
+        if item_id is None:
+            self.counts["unmatched"] += 1
+            return
+        for k, ann in enumerate(task.get("annotations") or []):
+            place = f"{where}, annotation {ann.get('id', k) if isinstance(ann, dict) else k}"
+            if not isinstance(ann, dict):
+                raise SemsimError(f"{place}: not a JSON object; export the tasks as Label Studio JSON")
+            text = _choice(ann, place)
+            if text is None:
+                self.counts["skipped"] += 1
+                continue
+            value = self.info.value_of(text)
+            self.counts[self.add(item_id, self.person(_annotator_name(ann)), value, ann.get("id"))] += 1
+
+
 def import_labelstudio(db: Database, path: str | os.PathLike) -> dict:
     """Import the answers of a Label Studio JSON export; items are matched by ``data.set``/``data.image_id``
     or by the reconstruction file. Annotators are created as imported (they cannot log in). Importing the same
-    file twice adds nothing. Returns counts: added, duplicates, unmatched tasks, skipped (cancelled)."""
+    file twice adds nothing. Returns counts: added, duplicates (the same answer already stored), conflicts (a
+    different answer of the same person already stored; the stored one is kept), unmatched tasks, skipped
+    (cancelled or empty). A malformed file stores nothing."""
     path = Path(path)
     try:
         tasks = json.loads(path.read_text())
@@ -166,63 +259,36 @@ def import_labelstudio(db: Database, path: str | os.PathLike) -> dict:
         raise SemsimError(f"{path}: not a readable JSON file ({exc}); export the tasks as JSON") from None
     if not isinstance(tasks, list):
         raise SemsimError(f"{path}: expected a JSON list of Label Studio tasks")
-    info: ProjectInfo = project_info(db)
-    counts = {"added": 0, "duplicates": 0, "unmatched": 0, "skipped": 0}
+    info = project_info(db)
     with db.write() as s:
-        items = s.execute(select(Item.id, Item.set, Item.image_id, Item.reconstruction)).all()
-        by_key = {(r.set, r.image_id): r.id for r in items}
-        by_path = {r.reconstruction: r.id for r in items}
-        names: dict[str, list[int]] = {}
-        for r in items:
-            names.setdefault(Path(r.reconstruction).name, []).append(r.id)
-        by_name = {k: v[0] for k, v in names.items() if len(v) == 1}
-        people = {a.name: a.id for a in s.scalars(select(Annotator))}
-        for task in tasks:
-            item_id = _match_item(task, by_key, by_path, by_name)
-            if item_id is None:
-                counts["unmatched"] += 1
-                continue
-            for ann in task.get("annotations") or []:
-                choices = [r for r in ann.get("result") or [] if r.get("type") == "choices"]
-                if ann.get("was_cancelled") or not choices or not choices[0]["value"].get("choices"):
-                    counts["skipped"] += 1
-                    continue
-                value = info.value_of(choices[0]["value"]["choices"][0])
-                name = _annotator_name(ann)
-                if name not in people:
-                    person = Annotator(name=name, token_hash=hash_secret(secrets.token_urlsafe(32)),
-                                       active=False, imported=True)
-                    s.add(person)
-                    s.flush()
-                    people[name] = person.id
-                person_id = people[name]
-                assignment = s.scalar(select(Assignment).where(Assignment.annotator_id == person_id,
-                                                               Assignment.item_id == item_id))
-                if assignment is None:
-                    assignment = Assignment(annotator_id=person_id, item_id=item_id, position=0.0)
-                    s.add(assignment)
-                    s.flush()
-                elif s.scalar(select(Answer.id).where(Answer.assignment_id == assignment.id)) is not None:
-                    counts["duplicates"] += 1
-                    continue
-                s.add(Answer(assignment_id=assignment.id, annotator_id=person_id, item_id=item_id,
-                             value=value, submit_id=f"labelstudio:{ann.get('id')}"))
-                counts["added"] += 1
-    return counts
+        importer = _Importer(s, info)
+        for k, task in enumerate(tasks):
+            where = f"{path}: task {task.get('id', k) if isinstance(task, dict) else k}"
+            try:
+                importer.task(task, where)
+            except SemsimError as exc:
+                message = str(exc)
+                raise SemsimError(message if message.startswith(str(path)) else f"{where}: {message}") from None
+    return importer.counts
 
 
-def export(db: Database, out: str | os.PathLike, fmt: str | None = None) -> Path:
-    """Export by format (``labels``, ``folders``, ``labelstudio``) or, when None, by the name of ``out``."""
+
+
+def export(db: Database, out: str | os.PathLike, fmt: str | None = None, force: bool = False) -> Path:
+    """Export by format (``labels``, ``folders``, ``labelstudio``) or, when None, by the name of ``out``.
+    An existing file is replaced only with ``force`` (a non-empty folder never)."""
     out = Path(out)
     if fmt is None:
         fmt = "labelstudio" if out.suffix.lower() == ".json" else ("labels" if out.suffix else "folders")
+    if fmt not in ("labels", "folders", "labelstudio"):
+        raise SemsimError(f"export format {fmt!r}: unknown; use labels, folders or labelstudio")
+    if fmt != "folders" and out.exists() and not force:  # a folder export never replaces a non-empty folder
+        raise SemsimError(f"{out}: exists; give a new name, or --force to replace it")
     if fmt == "labels":
         return export_labels(db, out)
     if fmt == "folders":
         return export_folders(db, out)
-    if fmt == "labelstudio":
-        return export_labelstudio(db, out)
-    raise SemsimError(f"export format {fmt!r}: unknown; use labels, folders or labelstudio")
+    return export_labelstudio(db, out)
 
 
 def zip_folders(db: Database, dest: str | os.PathLike) -> Path:

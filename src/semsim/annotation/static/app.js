@@ -1,6 +1,8 @@
-// Keyboard shortcuts for the annotation pages (no external code). Each choice button carries data-key;
-// Backspace undoes the last answer; with many classes a filter box narrows the buttons and Enter picks the
-// first one still shown. A page submits at most once, so a key held down cannot send two answers.
+// Keyboard shortcuts for the annotation pages (no external code). Each choice button carries data-key (shown on
+// the button). Outside text boxes a key gives its answer and Backspace undoes the last one. Inside the filter
+// box (studies with many classes) keys only type: Enter picks the first class still shown and Escape leaves
+// the box; nothing destructive happens there. A page submits at most once, so a key held down cannot send two
+// answers.
 (function () {
   "use strict";
   var sent = false;
@@ -12,12 +14,16 @@
   function visibleChoices() {
     return Array.prototype.filter.call(document.querySelectorAll("button.choice"), function (b) { return !b.hidden; });
   }
+  function typing(el) {
+    return el && (el.tagName === "INPUT" || el.tagName === "TEXTAREA" || el.isContentEditable);
+  }
   var filter = document.getElementById("filter");
   if (filter) {
     filter.addEventListener("input", function () {
       var q = filter.value.trim().toLowerCase();
       document.querySelectorAll("button.choice").forEach(function (b) {
-        b.hidden = q !== "" && b.getAttribute("data-text").indexOf(q) === -1 && !b.classList.contains("cant");
+        var fixed = b.classList.contains("cant") || b.classList.contains("action");
+        b.hidden = q !== "" && b.getAttribute("data-text").indexOf(q) === -1 && !fixed;
       });
     });
   }
@@ -26,25 +32,26 @@
   });
   document.addEventListener("keydown", function (e) {
     if (e.ctrlKey || e.metaKey || e.altKey) { return; }
-    var inFilter = filter && document.activeElement === filter;
-    if (e.key === "Backspace" && (!inFilter || filter.value === "")) {
-      e.preventDefault();
-      submitOnce(document.getElementById("undo"));
+    if (typing(document.activeElement)) {
+      if (document.activeElement === filter && e.key === "Enter") {
+        e.preventDefault();
+        var shown = visibleChoices().filter(function (b) { return b.classList.length === 1; });
+        submitOnce(shown[0]);
+      } else if (e.key === "Escape") {
+        document.activeElement.blur();
+      }
       return;
     }
-    if (inFilter && e.key === "Enter") {
-      e.preventDefault();
-      var shown = visibleChoices().filter(function (b) { return !b.classList.contains("cant"); });
-      submitOnce(shown[0]);
+    if (e.key === "Backspace") {
+      var undo = document.getElementById("undo");
+      if (undo) { e.preventDefault(); submitOnce(undo); }
       return;
     }
     var key = e.key.toLowerCase();
-    if (key === "-" || !inFilter) {
-      var match = visibleChoices().filter(function (b) { return b.getAttribute("data-key") === key; })[0];
-      if (match && key !== "") {
-        e.preventDefault();
-        submitOnce(match);
-      }
+    var match = visibleChoices().filter(function (b) { return b.getAttribute("data-key") === key; })[0];
+    if (match && key !== "") {
+      e.preventDefault();
+      submitOnce(match);
     }
   });
 }());
