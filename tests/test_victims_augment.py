@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
-from tests.conftest import shared_path
 
+from conftest import shared_path
 from semsim.errors import SemsimError
 from semsim.victims.augment import (
     ATS_POLICIES,

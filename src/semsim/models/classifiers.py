@@ -1,7 +1,10 @@
 """Classifiers used as victims and evaluators, after the papers that attack them.
 
-* ``lenet``: the sigmoid LeNet of DLG (Zhu et al., "Deep Leakage from Gradients", NeurIPS 2019).
-* ``convnet``: the 8-layer ConvNet of Inverting Gradients (Geiping et al., NeurIPS 2020), width 64.
+* ``lenet``: the sigmoid LeNet of DLG (Zhu et al., "Deep Leakage from Gradients", NeurIPS 2019); ``init="dlg"``
+  draws every weight and bias from uniform(-0.5, 0.5) as DLG's code does (the setting DLG attacks untrained).
+* ``convnet``: the 8-layer ConvNet of Inverting Gradients (Geiping et al., NeurIPS 2020; inversefed's
+  ``ConvNet``, the SemSim study's ConvNet), width 64: conv0..conv5, 3x3 max-pool, conv6, conv7, 3x3 max-pool,
+  linear; every convolution 3x3 (padding 1) followed by BatchNorm and ReLU; widths w, 2w, 2w, 4w, 4w, 4w, 4w, 4w.
 * ``resnet20-4``: the CIFAR ResNet-20 of Inverting Gradients with 4x width (16*4 base channels).
 * ``resnet18``: a CIFAR-style ResNet-18 (3x3 stem, no max-pool, 512-d features), as in the SemSim paper.
 """
@@ -47,11 +50,29 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-class LeNet(Classifier):
-    """DLG's LeNet: three 5x5 convolutions with sigmoid activations and one linear layer."""
+INITS = ("default", "dlg")
 
-    def __init__(self, num_classes: int = 10, image_size: int = 32, in_channels: int = 3, **norm: Any) -> None:
+
+def dlg_init_(model: nn.Module, generator: torch.Generator | None = None) -> nn.Module:
+    """DLG's initialisation (its ``weights_init``): every weight and bias uniform in (-0.5, 0.5), in place."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand(p.shape, generator=generator, dtype=p.dtype).to(p.device) - 0.5)
+    return model
+
+
+class LeNet(Classifier):
+    """DLG's LeNet: three 5x5 convolutions with sigmoid activations and one linear layer.
+
+    ``init``: ``default`` (PyTorch's initialisation) or ``dlg`` (:func:`dlg_init_`, drawn from torch's global
+    generator, so ``torch.manual_seed`` makes it reproducible).
+    """
+
+    def __init__(self, num_classes: int = 10, image_size: int = 32, in_channels: int = 3, init: str = "default",
+                 **norm: Any) -> None:
         super().__init__(**norm)
+        if init not in INITS:
+            raise SemsimError(f"init '{init}': unknown; use {' or '.join(INITS)}")
         act = nn.Sigmoid
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, 12, 5, padding=2, stride=2), act(),
@@ -62,6 +83,8 @@ class LeNet(Classifier):
         side = math.ceil(math.ceil(image_size / 2) / 2)  # two stride-2 5x5 convolutions with padding 2
         self.feature_dim = 12 * side * side
         self.head = nn.Linear(self.feature_dim, num_classes)
+        if init == "dlg":
+            dlg_init_(self)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -72,7 +95,8 @@ def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
 
 
 class ConvNet(Classifier):
-    """Inverting Gradients' ConvNet: 8 conv-BN-ReLU layers with two 3x3 max-pools, then one linear layer."""
+    """Inverting Gradients' ConvNet: conv0..conv5, max-pool 3, conv6, conv7, max-pool 3, linear (each conv
+    3x3 + BatchNorm + ReLU), as inversefed's ``ConvNet``."""
 
     def __init__(self, num_classes: int = 10, width: int = 64, image_size: int = 32, in_channels: int = 3,
                  **norm: Any) -> None:
@@ -80,8 +104,9 @@ class ConvNet(Classifier):
         w = width
         self.body = nn.Sequential(
             *_conv_bn(in_channels, w), *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), *_conv_bn(2 * w, 4 * w),
+            *_conv_bn(4 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
             nn.MaxPool2d(3),
-            *_conv_bn(4 * w, 4 * w), *_conv_bn(4 * w, 4 * w), *_conv_bn(4 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
+            *_conv_bn(4 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
             nn.MaxPool2d(3),
             nn.Flatten(),
         )
