@@ -25,6 +25,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def normal_permissions(path: Path) -> None:
+    """Give ``path`` the permissions ``open()`` / ``mkdir`` would (0666 / 0777 less the umask).
+
+    Temporary files and folders (``mkstemp``, ``mkdtemp``, safetensors' writer) are private (0600 / 0700);
+    results renamed from them into place should be as readable as any other file the user writes.
+    """
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
@@ -32,10 +41,10 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the permissions open() would
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        normal_permissions(tmp_path)  # after the block: writers such as safetensors replace the file
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -53,6 +62,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        for entry in (tmp, *tmp.rglob("*")):
+            normal_permissions(entry)  # mkdtemp creates 0700, safetensors writes 0600
         if path.exists():
             old = path.parent / f".{path.name}.old"
             shutil.rmtree(old, ignore_errors=True)

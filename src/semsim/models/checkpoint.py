@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import semsim
@@ -54,7 +55,12 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise SemsimError(f"{folder}: no {WEIGHTS_FILE}; the checkpoint is incomplete")
-    return load_file(weights), config
+    try:
+        return load_file(weights), config
+    except (SafetensorError, OSError, ValueError) as exc:  # truncated, empty or not safetensors at all
+        why = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise SemsimError(f"{weights}: damaged or empty weights file ({why}); copy the checkpoint again or "
+                          "retrain it") from None
 
 
 def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
