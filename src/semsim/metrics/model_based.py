@@ -55,6 +55,24 @@ def clean_accuracy(config: dict[str, Any]) -> float | None:
     value = config.get("clean_accuracy")
     return None if value is None else float(value)
 
+def near_chance(config: dict[str, Any]) -> str | None:
+    """Why an evaluator's recorded held-out accuracy is too close to guessing to judge anything, or None.
+
+    Chance is 1/classes. An accuracy is "near chance" when it exceeds chance by less than half of chance, or by
+    less than 3 binomial standard errors of an accuracy at chance on the held-out images (``training.n_val``).
+    """
+    acc, k = clean_accuracy(config), int(config.get("num_classes") or 0)
+    if acc is None or k < 2:
+        return None
+    chance = 1.0 / k
+    n_val = int((config.get("training") or {}).get("n_val") or 0)
+    margin = max(0.5 * chance, 3 * math.sqrt(chance * (1 - chance) / n_val) if n_val else 0.0)
+    if acc >= chance + margin:
+        return None
+    return (f"held-out accuracy {acc:.3f} is near chance (1/{k} = {chance:.3f}); its recognition labels and MR "
+            "mean little: train it longer, on more data, or with a larger model")
+
+
 
 class Evaluator(nn.Module):
     """An evaluation classifier with its config: classifies and embeds images of any size.
@@ -115,6 +133,9 @@ def load_evaluator(evaluator: str | os.PathLike | Evaluator, device: str | torch
     """An :class:`Evaluator` from a checkpoint folder, named after the folder (as in ``model:<name>``)."""
     if isinstance(evaluator, Evaluator):
         return evaluator.to(device)
+    weak = near_chance(config)
+    if weak is not None:
+        warnings.warn(f"evaluator {evaluator}: {weak}", stacklevel=2)
     model, config = load_classifier(evaluator, device=device)
     return Evaluator(model, config, Path(evaluator).resolve().name)
 
