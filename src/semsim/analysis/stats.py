@@ -13,12 +13,7 @@ from scipy import stats
 
 from semsim.analysis.data import AnalysisData, judge_matrix
 from semsim.data.labels import majority
-
-
-def aligned(values: np.ndarray, higher_is_more_leakage: bool) -> np.ndarray:
-    """Values oriented so that larger means more leakage."""
-    values = np.asarray(values, dtype=float)
-    return values if higher_is_more_leakage else -values
+from semsim.metrics.registry import aligned
 
 
 def pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

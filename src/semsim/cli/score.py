@@ -1,31 +1,26 @@
-"""``semsim score``: per-image and per-set metric tables for reconstruction sets."""
+"""``semsim score``: per-image and per-set metric tables for reconstruction sets.
+
+The command only parses options and prints: choosing the panel, provenance columns, calibration and skipped
+pairs are :func:`semsim.metrics.scoring.score_sets`, the same workflow as ``semsim grid`` and the Python API.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from semsim.analysis.calibration import apply_calibration, load_calibration
-from semsim.common.io import write_table
-from semsim.data.sets import ingest
-from semsim.errors import SemsimError
-from semsim.metrics.model_based import EVALUATOR_METRICS
-from semsim.metrics.scoring import build_metrics, default_metric_names, score_manifest
-from semsim.metrics.semsim_metric import annotate_provenance
-
-
-def set_table_path(out: Path) -> Path:
-    """Where the per-set table goes: ``results.parquet`` -> ``results_sets.parquet``."""
-    return out.with_name(f"{out.stem}_sets{out.suffix}")
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.console import Console
 
 
 def print_summary(per_set: pd.DataFrame, columns: list[str], console: Console | None = None) -> None:
     """Print one row per set: n and, per metric, the mean with its 95% bootstrap interval."""
+    from rich.console import Console
+    from rich.table import Table
+
     console = console or Console(stderr=False)
     table = Table(title="per-set summary (mean [95% bootstrap CI])")
     table.add_column("set")
@@ -65,43 +60,23 @@ def score(
                                                      )] = None,
 ) -> None:
     """Score reconstructions against their originals with the metric panel."""
+    from semsim.data.sets import ingest
+    from semsim.metrics.calibrated import load_calibration
+    from semsim.metrics.scoring import score_sets
+
     cal = load_calibration(calibration) if calibration is not None else None
     manifest, skipped = ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad)
-    names = [m.strip() for m in metrics.split(",")] if metrics else default_metric_names()
-    if evaluator is not None and not metrics:
-        names += [n for n in EVALUATOR_METRICS if n not in names]
-    metric_kwargs = {n: {"evaluator": evaluator} for n in EVALUATOR_METRICS} if evaluator is not None else {}
-    if semsim_model is not None:
-        names += [] if "semsim" in names else ["semsim"]
-        metric_kwargs["semsim"] = {"model": semsim_model}
-    built, notes = build_metrics(names, device=device, **metric_kwargs)
-    if "semsim" in built and built["semsim"].provenance_note():
-        notes.append(built["semsim"].provenance_note())
-    if not built:
-        raise SemsimError("none of the requested metrics can run here: " + "; ".join(notes))
-    result = score_manifest(manifest, built, device=device, batch_size=batch_size, skip_bad=skip_bad,
-                            show_progress=not quiet)
-    if "semsim" in built:  # the per-set table says whose judgments the semsim column reproduces
-        result.per_set = annotate_provenance(result.per_set, built["semsim"])
-    if cal is not None:  # per-image P(recognized), per-set expected recognition rate
-        result.per_image, result.per_set, cal_notes = apply_calibration(result.per_image, result.per_set, cal)
-        notes += cal_notes
-    parts = [s for s in (skipped, result.skipped) if len(s)]
-    skipped = pd.concat(parts, ignore_index=True) if parts else skipped
-    for note in notes:
+    result = score_sets(manifest, [m.strip() for m in metrics.split(",")] if metrics else None,
+                        evaluator=evaluator, semsim=semsim_model, calibration=cal, skipped=skipped, device=device,
+                        batch_size=batch_size, skip_bad=skip_bad, show_progress=not quiet)
+    for note in result.notes:
         typer.echo(f"note: {note}", err=True)
-    if len(skipped):
-        typer.echo(f"note: {len(skipped)} pair(s) skipped; see the 'status' column", err=True)
-    columns = [c for c in result.per_image.columns if c not in ("set", "image_id")]
-    print_summary(result.per_set, columns)
+    if len(result.skipped):
+        typer.echo(f"note: {len(result.skipped)} pair(s) skipped; see the 'status' column", err=True)
+    print_summary(result.per_set, [c for c in result.per_image.columns if c not in ("set", "image_id")])
     if out is not None:
-        per_image = result.per_image
-        if len(skipped):
-            per_image = pd.concat([per_image.assign(status="ok"), skipped[["set", "image_id", "status"]]],
-                                  ignore_index=True)
-        write_table(per_image, out)
-        write_table(result.per_set, set_table_path(out))
-        typer.echo(f"wrote {out} and {set_table_path(out)}")
+        image_path, set_path = result.write(out)
+        typer.echo(f"wrote {image_path} and {set_path}")
 
 
 def register(app: typer.Typer) -> None:

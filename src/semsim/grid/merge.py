@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from semsim.common.io import atomic_folder, read_table, write_table
+from semsim.common.io import atomic_folder, read_table
 from semsim.data.sets import read_manifest, write_manifest
 from semsim.errors import SemsimError
 from semsim.grid.plan import Plan, Task, is_done, safe_path
-from semsim.metrics.scoring import summarize_set
+from semsim.metrics.calibrated import load_calibration
+from semsim.metrics.scoring import ScoreResult, finish_tables, merge_skipped, set_table_path
+from semsim.metrics.summary import summarize_set
 
 MERGED_FILE = ".merged.json"
 
@@ -92,7 +94,7 @@ def merge_sets(plan: Plan) -> tuple[list[str], list[str]]:
 def score_table_paths(plan: Plan) -> tuple[Path, Path]:
     """The merged per-image and per-set score tables (``<table>`` and ``<stem>_sets<suffix>``)."""
     out = plan.spec.out / plan.spec.score.table
-    return out, out.with_name(f"{out.stem}_sets{out.suffix}")
+    return out, set_table_path(out)
 
 
 def merge_scores(plan: Plan) -> tuple[list[str], list[str], list[str]]:
@@ -104,7 +106,7 @@ def merge_scores(plan: Plan) -> tuple[list[str], list[str], list[str]]:
     names = list(dict.fromkeys([*image_sets, *set_sets]))
     incomplete = sorted(set(image_missing) | set(set_missing))
     names = [n for n in names if n not in incomplete]
-    per_image, per_set, skipped, notes = [], [], [], set()
+    per_image, per_set, skipped, notes, annotations = [], [], [], set(), {}
     for name in names:
         tables, set_values = [], {}
         for t in image_sets.get(name, []) + set_sets.get(name, []):
@@ -112,6 +114,7 @@ def merge_scores(plan: Plan) -> tuple[list[str], list[str], list[str]]:
             table = read_table(folder / "scores.parquet")
             extra = json.loads((folder / "set_values.json").read_text())
             notes.update(extra.get("notes", []))
+            annotations.update(extra.get("annotations", {}))
             if t.kind == "score-set":
                 set_values.update(extra["set_values"])
             tables.append((t.kind, table))
@@ -131,14 +134,11 @@ def merge_scores(plan: Plan) -> tuple[list[str], list[str], list[str]]:
         per_set.append(summarize_set(name, table, set_values))
     if not per_image:
         return [], incomplete, sorted(notes)
-    images = pd.concat(per_image, ignore_index=True)
-    if skipped:
-        images = pd.concat([images.assign(status="ok"), *skipped], ignore_index=True)
     if plan.skipped is not None and len(plan.skipped):
-        bad = plan.skipped[["set", "image_id", "status"]].astype(str)
-        images = images if "status" in images else images.assign(status="ok")
-        images = pd.concat([images, bad], ignore_index=True)
-    image_path, set_path = score_table_paths(plan)
-    write_table(images, image_path)
-    write_table(pd.DataFrame(per_set), set_path)
-    return names, incomplete, sorted(notes)
+        skipped.append(plan.skipped[["set", "image_id", "status"]].astype(str))
+    cal = plan.spec.score.calibration
+    result = finish_tables(ScoreResult(pd.concat(per_image, ignore_index=True), pd.DataFrame(per_set),
+                                       merge_skipped(*skipped)), annotations,
+                           load_calibration(cal) if cal else None)
+    result.write(score_table_paths(plan)[0])
+    return names, incomplete, sorted(notes | set(result.notes))

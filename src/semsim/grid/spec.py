@@ -95,6 +95,7 @@ class ScoreSpec:
     shard_size: int = 1000
     table: str = "scores.parquet"
     skip_bad: bool = False
+    calibration: str | None = None  # a calibration file (semsim calibrate), applied to the merged tables
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,8 @@ def _attacks(raw: Any, where: str) -> tuple[AttackSpec, ...]:
 def _score(raw: Any, base: Path, where: str) -> ScoreSpec | None:
     if raw is None:
         return None
-    raw = _mapping(raw, where, {"metrics", "options", "batch_size", "shard_size", "table", "skip_bad"})
+    raw = _mapping(raw, where, {"metrics", "options", "batch_size", "shard_size", "table", "skip_bad",
+                                "evaluator", "semsim", "calibration"})
     metrics = tuple(str(m) for m in _list(raw.get("metrics")))
     if not metrics:
         raise _fail(f"{where}.metrics", "list at least one metric (see `semsim metrics`)")
@@ -277,12 +279,23 @@ def _score(raw: Any, base: Path, where: str) -> ScoreSpec | None:
         o = _mapping(o, f"{where}.options.{m}", set(map(str, o or {})))
         resolved[m] = {k: str((base / v).resolve()) if isinstance(v, str) and v and (base / v).exists() else v
                        for k, v in o.items()}
+    # evaluator / semsim / calibration as in `semsim score` (files relative to the grid file)
+    files = {k: str((base / str(raw[k])).resolve()) for k in ("evaluator", "semsim", "calibration")
+             if raw.get(k) is not None}
+    from semsim.metrics.scoring import panel_request
+
+    names, resolved = panel_request(metrics, evaluator=files.get("evaluator"), semsim=files.get("semsim"),
+                                    options=resolved)
+    if "calibration" in files:
+        from semsim.metrics.calibrated import load_calibration
+
+        load_calibration(files["calibration"])  # a bad file fails now, not after the grid ran
     table = str(raw.get("table", "scores.parquet"))
     if Path(table).suffix.lower() not in (".csv", ".parquet", ".pq") or "/" in table:
         raise _fail(f"{where}.table", f"'{table}' must be a file name ending in .csv or .parquet")
-    return ScoreSpec(metrics, resolved, _int(raw.get("batch_size", 256), f"{where}.batch_size", 1),
+    return ScoreSpec(tuple(names), resolved, _int(raw.get("batch_size", 256), f"{where}.batch_size", 1),
                      _int(raw.get("shard_size", 1000), f"{where}.shard_size", 1), table,
-                     bool(raw.get("skip_bad", False)))
+                     bool(raw.get("skip_bad", False)), files.get("calibration"))
 
 
 def _sets(raw: Any, base: Path, where: str) -> tuple[SetInput, ...]:

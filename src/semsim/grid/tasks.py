@@ -84,12 +84,13 @@ def _run_train(task: Task, work: Path) -> dict[str, Any]:
 
 
 def _run_score(task: Task, work: Path) -> dict[str, Any]:
+    """Score one shard (image-level metrics) or one whole set (set-level metrics) with the panel of
+    :func:`semsim.metrics.scoring.build_panel`; the merge finishes the tables as ``semsim score`` does."""
     import pandas as pd
 
     from semsim.common.io import write_table
     from semsim.data.sets import read_manifest
-    from semsim.errors import SemsimError
-    from semsim.metrics.scoring import ScoreResult, build_metrics, score_manifest
+    from semsim.metrics.scoring import ScoreResult, build_panel, merge_skipped, score_manifest, set_annotations
 
     p = task.params
     manifest = pd.concat([read_manifest(m) for m in p["manifests"]], ignore_index=True)
@@ -101,17 +102,14 @@ def _run_score(task: Task, work: Path) -> dict[str, Any]:
         ok = manifest["status"].fillna("ok").eq("ok")
         failed, manifest = manifest[~ok], manifest[ok]
     manifest = manifest.reset_index(drop=True)
-    metrics, notes = build_metrics(p["metrics"], device=task.device, **p["options"])
-    if not metrics:
-        raise SemsimError("none of the metrics can run here: " + "; ".join(notes))
+    metrics, notes = build_panel(p["metrics"], options=p["options"], device=task.device)
     if len(manifest):
         result = score_manifest(manifest, metrics, device=task.device, batch_size=p["batch_size"],
                                 skip_bad=p["skip_bad"], show_progress=False)
     else:  # every image of the shard failed in the attack: nothing to score, the failures are reported
         result = ScoreResult(pd.DataFrame(columns=["set", "image_id"]), pd.DataFrame(), pd.DataFrame())
     write_table(result.per_image, work / "scores.parquet")
-    parts = [f for f in (failed, result.skipped) if len(f)]
-    skipped = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    skipped = merge_skipped(failed, result.skipped)
     if len(skipped):
         write_table(skipped[["set", "image_id", "status"]].astype(str), work / "skipped.parquet")
     set_values: dict[str, float] = {}
@@ -120,7 +118,8 @@ def _run_score(task: Task, work: Path) -> dict[str, Any]:
         summary_cols = {"set", "n"} | {f"{c}_{s}" for c in result.per_image.columns
                                        for s in ("mean", "median", "ci_low", "ci_high")}
         set_values = {k: float(v) for k, v in row.items() if k not in summary_cols}
-    write_json({"set_values": set_values, "notes": notes}, work / "set_values.json")
+    write_json({"set_values": set_values, "notes": notes, "annotations": set_annotations(metrics)},
+               work / "set_values.json")
     return {"n_images": len(result.per_image), "n_skipped": len(skipped), "notes": notes}
 
 

@@ -13,14 +13,40 @@ reveals more of the original?
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from semsim.errors import SemsimError
+
+EVALUATOR_METRICS = ("mr", "iip", "feature_distance")  # the metrics that take evaluator=CHECKPOINT
+
+
+@runtime_checkable
+class SetMetric(Protocol):
+    """What a set-level metric provides (the scoring pipeline calls these, per set, in this order).
+
+    ``reset()`` forgets the previous set; ``update(...)`` adds a batch of pairs (the arguments of an image-level
+    metric); ``compute()`` returns the set's values by column. A set metric may also define
+    ``per_image() -> dict[str, Tensor]``: per-image columns, in the order the pairs were added.
+    """
+
+    def reset(self) -> None: ...
+
+    def update(self, original: torch.Tensor, reconstruction: torch.Tensor, labels: torch.Tensor | None = None,
+               original_keys: Sequence[str] | None = None) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+def per_image_columns(metric: SetMetric) -> dict[str, torch.Tensor]:
+    """The per-image columns of a set metric (none when it defines no ``per_image``)."""
+    per_image = getattr(metric, "per_image", None)
+    return per_image() if per_image is not None else {}
 
 
 @dataclass(frozen=True)
@@ -76,6 +102,12 @@ def metric_info(name: str) -> MetricInfo:
 def create(name: str, **kwargs: Any) -> torch.nn.Module:
     """Build the metric registered as ``name``; ``kwargs`` override its defaults."""
     return metric_info(name).factory(**kwargs)
+
+
+def aligned(values: Any, higher_is_more_leakage: bool) -> np.ndarray:
+    """Values oriented so that larger means more leakage."""
+    values = np.asarray(values, dtype=float)
+    return values if higher_is_more_leakage else -values
 
 
 def column_direction(column: str) -> bool | None:
