@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from semsim.attacks import attack_set, list_attacks
+from semsim.cli.options import Device, Quiet, Threads
+from semsim.common.checks import check_writable
 from semsim.data.datasets import load_dataset
 
 
@@ -32,10 +34,12 @@ def attack(
     batch_size: Annotated[int, typer.Option(min=1, help="images attacked together in one optimisation")] = 8,
     seed: Annotated[int, typer.Option(help="base seed (image subset, random starts, defense noise)")] = 0,
     image_size: Annotated[int | None, typer.Option(min=1, help="resize an image folder to this size")] = None,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
 ) -> None:
     """Attack images with DLG, iDLG, Inverting Gradients or GradInversion; a rerun resumes."""
+    check_writable(out, folder=True)
     dataset = load_dataset(data, image_size=image_size, split=split)
     options = {k: v for k, v in dict(restarts=restarts, lr=lr, tv=tv, model_mode=model_mode).items()
                if v is not None}

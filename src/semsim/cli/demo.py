@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from semsim.cli.options import Device, Quiet, Threads
 from semsim.cli.score import print_summary
+from semsim.common.checks import check_writable
 from semsim.demo import DemoConfig, run_demo
 
 SUMMARY_COLUMNS = ("psnr", "ssim", "mr_correct", "iip_pixel", "semsim")
@@ -15,11 +17,14 @@ SUMMARY_COLUMNS = ("psnr", "ssim", "mr_correct", "iip_pixel", "semsim")
 
 def demo(
     out: Annotated[Path, typer.Option(help="output folder (report.html, sets, scores, models)")] = Path("semsim-demo"),
-    n_images: Annotated[int, typer.Option(min=2, help="reconstructions per configuration")] = DemoConfig.n_images,
-    device: Annotated[str, typer.Option(help="torch device")] = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    n_images: Annotated[int, typer.Option("--n", "--n-images", min=2, help="reconstructions per configuration")
+                        ] = DemoConfig.n_images,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train a victim with and without a defense, attack it, score, analyse, and write a report."""
+    check_writable(out, folder=True)
     result = run_demo(DemoConfig(out=out, n_images=n_images, device=device, show_progress=not quiet))
     columns = [c for c in SUMMARY_COLUMNS if c in result.per_image.columns]
     print_summary(result.per_set, columns)

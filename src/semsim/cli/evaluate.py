@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from semsim.analysis.evaluate_semsim import BASELINES, evaluate_generalization
+from semsim.cli.options import Device, Quiet, Threads
+from semsim.common.checks import check_writable
 from semsim.common.io import write_table
 from semsim.data.label_import import load_labels
 from semsim.learned.train import TrainConfig
@@ -26,17 +28,19 @@ def evaluate(
     disjoint_originals: Annotated[
         bool, typer.Option("--disjoint-originals", help="test only on originals unseen in training")
     ] = False,
-    architecture: Annotated[str, typer.Option(help="backbone")] = "resnet18",
+    architecture: Annotated[str, typer.Option("--arch", "--architecture", help="backbone")] = "resnet18",
     width: Annotated[int | None, typer.Option(help="width of the convnet backbone")] = None,
     image_size: Annotated[int, typer.Option(min=8)] = 32,
     epochs: Annotated[int, typer.Option(min=1)] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="triplets per step")] = 64,
     lr: Annotated[float, typer.Option()] = 0.05,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu",
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bars")] = False,
+    device: Device = "cpu",
+    threads: Threads = None,
+    quiet: Quiet = False,
 ) -> None:
     """Train SemSim on some sets and compare it with PSNR, SSIM and LPIPS on the others (AUROC, Spearman)."""
+    check_writable(out, folder=True)
     table = load_labels(labels, manifests=manifest or ())
     config = TrainConfig(architecture=architecture, arch_kwargs={"width": width} if width else {},
                          image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)

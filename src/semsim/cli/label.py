@@ -8,6 +8,9 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from semsim.cli.options import Device, Quiet, Threads
+from semsim.common.checks import check_writable
+from semsim.common.io import TABLE_SUFFIXES
 from semsim.data.labels import write_labels
 from semsim.data.sets import ingest
 from semsim.metrics.labeler import label_by_model
@@ -21,13 +24,15 @@ def label(
     out: Annotated[Path, typer.Option(help="label table to write, .csv or .parquet")],
     soft: Annotated[bool, typer.Option("--soft", help="recognized = the evaluator's probability of the true "
                                        "class instead of 1/0 from its top-1")] = False,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu",
+    device: Device = "cpu",
+    threads: Threads = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="leave out unusable pairs instead of "
                                            "stopping")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Write a label table judged by an evaluator (recognized: its top-1 is the true class)."""
+    check_writable(out, TABLE_SUFFIXES)
     manifests = []
     for source in sets:
         manifest, skipped = ingest(source, skip_bad=skip_bad)

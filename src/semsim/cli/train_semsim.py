@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from semsim.cli.options import Device, Quiet, Threads
+from semsim.common.checks import check_writable
 from semsim.data.label_import import load_labels
 from semsim.errors import SemsimError
 from semsim.learned.train import TrainConfig, train_semsim
@@ -44,7 +46,8 @@ def train(
             "import:semsim-release; human:<study> only if it is)"
         ),
     ] = None,
-    architecture: Annotated[str, typer.Option(help="backbone (semsim.models.ARCHITECTURES)")] = "resnet18",
+    architecture: Annotated[str, typer.Option("--arch", "--architecture", help="backbone "
+                                              "(semsim.models.ARCHITECTURES)")] = "resnet18",
     width: Annotated[int | None, typer.Option(help="width of the convnet backbone")] = None,
     image_size: Annotated[int, typer.Option(min=8, help="input size the images are resized to")] = 32,
     mean: Annotated[
@@ -63,13 +66,16 @@ def train(
         bool, typer.Option("--soft", help="weight triplets by the judges' shares (soft labels)")
     ] = False,
     augment: Annotated[str, typer.Option(help="'none' or 'flip'")] = "none",
-    val_fraction: Annotated[float, typer.Option(help="share of ORIGINALS held out for validation")] = 0.2,
+    val_fraction: Annotated[float, typer.Option("--val-split", "--val-fraction", min=0.0, max=0.99,
+                                                help="share of ORIGINALS held out for validation")] = 0.2,
     seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu",
+    device: Device = "cpu",
+    threads: Threads = None,
     restart: Annotated[bool, typer.Option("--restart", help="ignore a saved training state")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train SemSim (triplet loss on recognized vs unrecognized reconstructions); resumes when interrupted."""
+    check_writable(out, folder=True)
     table = load_labels(labels, manifests=manifest or (), label_source=label_source)
     config = TrainConfig(
         architecture=architecture,
@@ -94,6 +100,11 @@ def train(
         f"wrote {out}: best epoch {v.get('epoch')}, validation "
         + json.dumps({k: (round(x, 4) if isinstance(x, float) else x) for k, x in v.items() if k != "epoch"})
     )
+    if v.get("val_auroc") is None:
+        chosen = "validation triplet accuracy" if v.get("val_triplet_accuracy") is not None else "training loss"
+        typer.echo("note: val_auroc is null: the held-out originals' pairs are all recognized or all not (or "
+                   f"there are none), so AUROC is undefined; the best epoch was chosen by {chosen}. Raise "
+                   "--val-split or give labels of both kinds to get an AUROC", err=True)
     if not result["human_labels"]:
         typer.echo(
             f"note: trained on labels from {', '.join(result['label_sources'])}, not human judgments",
