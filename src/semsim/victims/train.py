@@ -1,4 +1,4 @@
-"""Training of victim and evaluation classifiers: SGD with momentum, cosine or step schedule, seeded.
+"""Training of victim and evaluation classifiers: SGD with (Nesterov) momentum, cosine or step schedule, seeded.
 
 The training variants of the SemSim study (Sun et al., NeurIPS 2023, Sec. 5) are an augmentation
 (:mod:`semsim.victims.augment`) and a training-time gradient defense (:func:`semsim.victims.defenses.parse_defense`):
@@ -113,17 +113,21 @@ def evaluate_accuracy(model: nn.Module, ds: ImageDataset, device: str | torch.de
     return correct / len(ds)
 
 
-def learning_rate(step: int, total_steps: int, lr: float, schedule: str, warmup: float = 0.05) -> float:
+STEP_MILESTONES = (3 / 8, 5 / 8, 7 / 8)
+
+
+def learning_rate(step: int, total_steps: int, lr: float, schedule: str, warmup: float = 0.05,
+                  milestones: Sequence[float] = STEP_MILESTONES) -> float:
     """Per-step learning rate: a linear warm-up over the first ``warmup`` share of the steps (Goyal et al.,
-    2017), then cosine annealing to 0, or x0.1 steps at 3/8, 5/8 and 7/8 of training (the schedule
-    Inverting Gradients trains its victims with)."""
+    2017), then cosine annealing to 0, or x0.1 at each of the ``milestones`` (shares of the run; by default
+    3/8, 5/8 and 7/8, the schedule Inverting Gradients trains its victims with)."""
     warmup_steps = int(warmup * total_steps)
     if step < warmup_steps:
         return lr * (step + 1) / warmup_steps
     t = step / max(1, total_steps)
     if schedule == "cosine":
         return 0.5 * lr * (1.0 + math.cos(math.pi * t))
-    return lr * 0.1 ** sum(t >= m for m in (3 / 8, 5 / 8, 7 / 8))
+    return lr * 0.1 ** sum(t >= m for m in milestones)
 
 
 def _fingerprint(model: nn.Module, train: ImageDataset, settings: dict[str, Any]) -> str:
@@ -175,8 +179,13 @@ def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batc
                      lr: float = 0.1, augment: str = "none", defense: str = "none",
                      val: ImageDataset | None = None, device: str | torch.device = "cpu", seed: int = 0,
                      show_progress: bool = True, momentum: float = 0.9, weight_decay: float = 5e-4,
-                     schedule: str = "cosine", state_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+                     schedule: str = "cosine", state_dir: str | os.PathLike | None = None, nesterov: bool = False,
+                     warmup: float = 0.05, milestones: Sequence[float] = STEP_MILESTONES) -> dict[str, Any]:
     """Train ``model`` in place on ``train``; returns ``{"history", "accuracy", "train_accuracy", ...}``.
+
+    ``warmup`` (share of the steps) and ``milestones`` (shares of the run, ``step`` schedule) shape
+    :func:`learning_rate`. The SemSim study's victims (its inversefed ``conservative`` strategy) train with
+    ``nesterov=True, warmup=0`` and x0.1 at epochs ``E // 2.667, E // 1.6, E // 1.142`` (74, 124, 175 of 200).
 
     ``accuracy`` is the top-1 accuracy on ``val`` after the last epoch (``None`` without ``val``);
     ``history`` has one entry per epoch (loss, training accuracy on the augmented batches, learning rate,
@@ -189,6 +198,9 @@ def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batc
         raise SemsimError(f"batch size {batch_size}: must be at least 2 (BatchNorm needs two images)")
     if schedule not in SCHEDULES:
         raise SemsimError(f"schedule '{schedule}': unknown; use {' or '.join(SCHEDULES)}")
+    if not 0 <= warmup < 1 or not all(0 < m <= 1 for m in milestones):
+        raise SemsimError(f"warm-up {warmup} / milestones {list(milestones)}: give shares of the run, "
+                          "warm-up in [0, 1) and milestones in (0, 1], e.g. 0.375")
     if not train.labelled:
         raise SemsimError(f"{train.name}: has no class labels; a classifier needs a labelled dataset")
     if len(train) < 2:
@@ -201,11 +213,11 @@ def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batc
     aug, dfn = parse_augment(augment), parse_defense(defense)
     settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": aug.spec,
                 "defense": dfn.name, "seed": seed, "momentum": momentum, "weight_decay": weight_decay,
-                "schedule": schedule}
+                "schedule": schedule, "nesterov": nesterov, "warmup": warmup, "milestones": list(milestones)}
 
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     start_epoch, history = 0, []
     state_path = Path(state_dir) if state_dir is not None else None
     fingerprint = _fingerprint(model, train, settings) if state_path is not None else ""
@@ -228,7 +240,7 @@ def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batc
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 x = aug(images[idx].float().div_(255.0), gen)
                 y = labels[idx]
-                lr_now = learning_rate(epoch * steps + step, total, lr, schedule)
+                lr_now = learning_rate(epoch * steps + step, total, lr, schedule, warmup, milestones)
                 for group in opt.param_groups:
                     group["lr"] = lr_now
                 logits = model(x)
@@ -269,7 +281,7 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
                         n: int | None = None, per_class: int | None = None, width: int | None = None,
                         batch_size: int = 128, lr: float = 0.1, schedule: str = "cosine", seed: int = 0,
                         split_seed: int | None = None, device: str = "cpu", show_progress: bool = True,
-                        resume: bool = True) -> dict[str, Any]:
+                        resume: bool = True, init: str = "default", **schedule_options: Any) -> dict[str, Any]:
     """Load ``data``, train ``arch`` on it and save a checkpoint folder ``out``; returns the config written.
 
     ``role`` is ``victim`` or ``evaluator`` (recorded in the config; an evaluator needs a held-out split and
@@ -278,7 +290,9 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
     state lives in ``.<out name>.training/`` next to ``out``; an interrupted run started again with the same
     arguments resumes from it (``resume=False`` starts over), and it is removed once ``out`` is written.
     ``split_seed`` (default ``seed``) draws the subset and the held-out split, ``seed`` the initial weights and
-    the batches, so models of different seeds can share one split.
+    the batches, so models of different seeds can share one split. ``init="dlg"`` initialises a LeNet as DLG
+    does; ``epochs=0`` writes the untrained model (DLG attacks an untrained LeNet). ``schedule_options``
+    (``nesterov``, ``warmup``, ``milestones``) go to :func:`train_classifier`.
     """
     if role not in ("victim", "evaluator"):
         raise SemsimError(f"role '{role}': use victim or evaluator")
@@ -289,6 +303,10 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
         raise SemsimError(f"validation split {val_split}: must be in [0, 1)")
     if width is not None and arch.lower() != "convnet":
         raise SemsimError(f"--width applies to convnet only, not to {arch}")
+    if init != "default" and arch.lower() != "lenet":
+        raise SemsimError(f"--init {init} applies to lenet only (DLG's initialisation), not to {arch}")
+    if epochs < 0:
+        raise SemsimError(f"epochs={epochs}: give 0 (an untrained model) or more")
     out = Path(out)
     full = load_dataset(data, image_size=image_size, split=split, fit=fit)  # type: ignore[arg-type]
     split_seed = seed if split_seed is None else split_seed
@@ -305,7 +323,7 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
     torch.manual_seed(seed)
     try:
         model = create_model(arch, num_classes=train.num_classes, image_size=size, mean=mean, std=std,
-                             **arch_kwargs)
+                             **arch_kwargs, **({"init": init} if init != "default" else {}))
         with torch.no_grad():  # too small an image fails here, not in the middle of training
             model.eval()(torch.zeros(2, 3, size, size))
     except (RuntimeError, ValueError) as exc:
@@ -314,10 +332,16 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
     state_dir = out.parent / f".{out.name}.training"
     if not resume and state_dir.exists():
         shutil.rmtree(state_dir)
-    result = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
-                              defense=defense, val=val, device=device, seed=seed, show_progress=show_progress,
-                              schedule=schedule, state_dir=state_dir)
-    training = {"dataset": full.name, "data": str(data), "split": full.info.get("split"), "role": role,
+    if epochs == 0:
+        result = {"history": [], "accuracy": evaluate_accuracy(model, val) if val is not None else None,
+                  "train_accuracy": None, "epochs": 0, "augment": parse_augment(augment).spec,
+                  "defense": parse_defense(defense).name}
+    else:
+        result = train_classifier(model, train, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+                                  defense=defense, val=val, device=device, seed=seed,
+                                  show_progress=show_progress, schedule=schedule, state_dir=state_dir,
+                                  **schedule_options)
+    training = {"init": init, "dataset": full.name, "data": str(data), "split": full.info.get("split"), "role": role,
                 "n_train": len(train), "n_val": len(val) if val is not None else 0, "subset_n": n,
                 "subset_per_class": per_class, "val_split": val_split, "fit": fit,
                 "label_source": f"dataset:{full.name}",
