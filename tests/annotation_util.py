@@ -1,15 +1,24 @@
-"""Helpers shared by the annotation tests: tiny reconstruction sets and a logged-in test client."""
+"""Helpers shared by the annotation tests: tiny reconstruction sets, a logged-in test client, servers on held
+sockets (a thread, or a child process that can be killed and restarted on the same port)."""
 
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from semsim.annotation import add_annotator, init_project
+from semsim.annotation.app import create_app
 from semsim.annotation.db import Database
 
 CLASSES = ["cat", "dog", "car"]
@@ -57,3 +66,56 @@ def item_of(html: str) -> int:
     match = re.search(r'name="item_id" value="(\d+)"', html)
     assert match, "no item on the page"
     return int(match.group(1))
+
+
+def held_socket() -> socket.socket:
+    """A listening loopback socket on a free port, held by the test (no bind-then-close race); inheritable so
+    a server process can serve on it, and a restarted one on the same port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(256)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Server:
+    """The app under uvicorn in a background thread, on a held loopback socket."""
+
+    def __init__(self, db: Database, **options: object):
+        self.sock = held_socket()
+        self.port = self.sock.getsockname()[1]
+        self.app = create_app(db.url, **options)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def server_process(db_path: Path, sock: socket.socket) -> subprocess.Popen:
+    """``serve`` in a child process on the held socket ``sock``; returns once /healthz answers."""
+    code = "import sys; from semsim.annotation.app import serve; serve(sys.argv[1], fd=int(sys.argv[2]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db_path), str(sock.fileno())],
+                            pass_fds=(sock.fileno(),), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    port = sock.getsockname()[1]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not start within 60 s")

@@ -15,10 +15,9 @@ from PIL import Image
 from sqlalchemy import event, func, select
 
 from annotation_util import csrf_of, item_of, login, make_project
-from semsim.annotation import add_annotator, dashboard, submit_answer
+from semsim.annotation import add_annotator, dashboard, set_active, submit_answer
 from semsim.annotation.app import create_app
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item, WebSession
-from semsim.annotation import set_active
 from semsim.annotation.project import NotAssigned, hash_secret, project_info
 from semsim.annotation.writer import AnswerWriter
 

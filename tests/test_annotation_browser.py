@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import expect, sync_playwright
 from sqlalchemy import select
 
-from annotation_util import make_project, make_set
+from annotation_util import Server, make_project, make_set
 from semsim.annotation import add_annotator, init_project
-from semsim.annotation.app import create_app
 from semsim.annotation.db import Annotator, Answer, Database, Item
 from semsim.data.labels import read_labels
 
@@ -43,30 +38,6 @@ def browser():
         b = p.chromium.launch(executable_path=binary, args=BROWSER_ARGS)
         yield b
         b.close()
-
-
-class Server:
-    """The app under uvicorn in a background thread, on a free loopback port."""
-
-    def __init__(self, db: Database):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(create_app(db.url), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def _answers(db: Database, name: str) -> dict[int, int]:

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from annotation_util import make_set
+from annotation_util import held_socket, make_set, server_process
 from semsim.annotation import add_annotators, init_project
 from semsim.annotation.db import Annotator, Answer, Database
 
@@ -26,30 +22,6 @@ PER_ITEM = 5
 N_ITEMS = N_ANNOTATORS * PER_ANNOTATOR // PER_ITEM  # 2000 items x 5 judges = 20 queues of 500
 KILL_AFTER = 3000  # acknowledged answers before the SIGKILL
 DEADLINE_S = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start(db_path: Path, port: int) -> subprocess.Popen:
-    code = ("import sys; from semsim.annotation.app import serve; "
-            "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(db_path), str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    start = time.monotonic()
-    while time.monotonic() - start < 60:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not start within 60 s")
 
 
 class Client(threading.Thread):
@@ -105,8 +77,9 @@ def test_concurrent_load_survives_sigkill(tmp_path):
     init_project(db_path, [tmp_path / "set"], per_item=PER_ITEM, study="load", classes=["a", "b", "c"])
     db = Database(db_path)
     tokens = add_annotators(db, [f"p{k:02d}" for k in range(N_ANNOTATORS)])
-    port = _free_port()
-    server = _start(db_path, port)
+    sock = held_socket()  # the port stays ours across the kill; the restarted server serves the same socket
+    port = sock.getsockname()[1]
+    server = server_process(db_path, sock)
     acked: list = []
     stop = threading.Event()
     clients = [Client(k, tokens[f"p{k:02d}"], port, acked, stop) for k in range(N_ANNOTATORS)]
@@ -120,7 +93,7 @@ def test_concurrent_load_survives_sigkill(tmp_path):
         at_kill = len(acked)
         os.kill(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
-        server = _start(db_path, port)
+        server = server_process(db_path, sock)
         for c in clients:
             c.join(timeout=max(1.0, DEADLINE_S - (time.monotonic() - start)))
         stop.set()
@@ -128,6 +101,7 @@ def test_concurrent_load_survives_sigkill(tmp_path):
         stop.set()
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
+        sock.close()
     assert all(c.failure is None for c in clients), [c.failure for c in clients if c.failure]
     assert all(not c.is_alive() for c in clients), "clients did not finish before the deadline"
     assert 0 < at_kill < N_ANNOTATORS * PER_ANNOTATOR, "the kill did not happen mid-load"

@@ -426,12 +426,19 @@ def _cleanup(folder: Path) -> None:
 
 def serve(db_url: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
           public_url: str | None = None, session_hours: float = sessions.DEFAULT_SESSION_HOURS,
-          secure_cookies: bool = False) -> None:
+          secure_cookies: bool = False, fd: int | None = None) -> None:
     """Run the app with uvicorn until interrupted; remember ``public_url`` (default ``http://host:port``) as
-    the address of the links that ``add-annotator`` prints."""
+    the address of the links that ``add-annotator`` prints. ``fd``: serve on an inherited listening socket
+    instead of binding ``host:port`` (tests and benchmarks hold the socket, so a restart keeps the port)."""
     import uvicorn
 
     app = create_app(db_url, session_hours=session_hours, secure_cookies=secure_cookies)
-    set_base_url(app.state.db, public_url or f"http://{host}:{port}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if fd is None or public_url:
+        set_base_url(app.state.db, public_url or f"http://{host}:{port}")
+    if fd is None:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+        return
+    import socket
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[socket.socket(fileno=fd)])
 

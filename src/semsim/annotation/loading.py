@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 
@@ -25,6 +26,19 @@ def _manifest(source: str | os.PathLike) -> pd.DataFrame:
     from semsim.data.sets import ingest  # imports torch: only when loading sets, not in the web server
 
     return ingest(source)[0]
+
+
+def sample_per_set(manifest: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
+    """``n`` images of each set drawn at random without replacement (all of a smaller set), in manifest order:
+    the random subset whose labels ``semsim estimate`` turns into a set's recognition rate."""
+    if n is None:
+        return manifest
+    if n < 1:
+        raise SemsimError(f"--sample {n}: give the number of images to draw from each set (at least 1)")
+    rng = np.random.default_rng(seed)
+    keep = [idx if len(idx) <= n else np.sort(rng.choice(idx, n, replace=False))
+            for idx in manifest.groupby("set", sort=False).indices.values()]
+    return manifest.iloc[np.sort(np.concatenate(keep))]
 
 
 def _label(rec: dict) -> int | None:
@@ -110,8 +124,11 @@ def _remove_sqlite(path: Path) -> None:
 def init_project(db_url: str | os.PathLike, sets: Sequence[str | os.PathLike], *, per_item: int = 5,
                  task: str = "class", study: str | None = None, classes: list[str] | None = None,
                  gold: Sequence[str | os.PathLike] = (), seed: int = 0, instructions: str | None = None,
-                 examples: Sequence[str | os.PathLike] = ()) -> dict:
+                 examples: Sequence[str | os.PathLike] = (), sample: int | None = None) -> dict:
     """Create (or extend) an annotation database with the given sets; return counts of what was added.
+
+    ``sample``: load only that many randomly drawn images of each set (seeded by ``seed``;
+    :func:`sample_per_set`).
 
     On an existing database the project settings are kept and only new sets (and new instructions, when
     given) are added. Gold items (known answers) go to every annotator; examples are shown with their answer
@@ -125,13 +142,18 @@ def init_project(db_url: str | os.PathLike, sets: Sequence[str | os.PathLike], *
     info = _existing_info(url)
     sources = [(src, "regular") for src in sets] + [(src, "gold") for src in gold] + \
         [(src, "example") for src in examples]
-    manifests = [(src, kind, _manifest(src)) for src, kind in sources]
+    manifests = [(src, kind, sample_per_set(_manifest(src), sample, seed) if kind == "regular" else _manifest(src))
+                 for src, kind in sources]
     fresh = info is None
     if info is None:
         if task == "class" and not classes:
             classes = default_classes([m for _, _, m in manifests])
         info = ProjectInfo(study or Path(str(db_url)).stem, task, per_item, tuple(classes or []))
     rows = [r for src, kind, manifest in manifests for r in _rows(src, manifest, kind, info)]
+    keys = [(r["set"], r["image_id"]) for r in rows]
+    if len(set(keys)) != len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise SemsimError(f"set '{twice[0]}': image '{twice[1]}' is given twice; pass each set once")
     bad = unreadable_images(rows)
     if bad:
         more = f" and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
