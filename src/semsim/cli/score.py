@@ -11,13 +11,20 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from semsim.cli.options import Device, Quiet, Threads
+
+from semsim.errors import SemsimError
+
 if TYPE_CHECKING:
     import pandas as pd
     from rich.console import Console
 
+    from semsim.metrics.calibrated import Calibration
+
 
 def print_summary(per_set: pd.DataFrame, columns: list[str], console: Console | None = None) -> None:
-    """Print one row per set: n and, per metric, the mean with its 95% bootstrap interval."""
+    """Print one row per set: n and, per metric, the mean with its 95% bootstrap interval (and how many
+    identical pairs a PSNR mean leaves out)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -31,7 +38,9 @@ def print_summary(per_set: pd.DataFrame, columns: list[str], console: Console | 
         cells = []
         for col in columns:
             if f"{col}_mean" in row:
-                cells.append(f"{row[f'{col}_mean']:.4g} [{row[f'{col}_ci_low']:.4g}, {row[f'{col}_ci_high']:.4g}]")
+                identical = int(row.get(f"{col}_n_identical", 0) or 0)
+                cells.append(f"{row[f'{col}_mean']:.4g} [{row[f'{col}_ci_low']:.4g}, {row[f'{col}_ci_high']:.4g}]"
+                             + (f" + {identical} identical (inf)" if identical else ""))
             elif col in row:
                 cells.append(f"{row[col]:.4g}")
             else:
@@ -40,17 +49,51 @@ def print_summary(per_set: pd.DataFrame, columns: list[str], console: Console | 
     console.print(table)
 
 
+def score_table_given(path: Path, cal: Calibration | None) -> bool:
+    """Whether ``path`` is a per-image score table (a .csv/.parquet file without a ``reconstruction`` column)
+    rather than a manifest; a score table without --calibration is refused (nothing to do)."""
+    from semsim.common.io import read_table
+
+    if not (path.is_file() and path.suffix.lower() in (".csv", ".parquet")):
+        return False
+    if "reconstruction" in read_table(path).columns:
+        return False
+    if cal is None:
+        raise SemsimError(f"{path}: a score table (no 'reconstruction' column), not a manifest: there is nothing "
+                          "to score; give --calibration CAL to add P(recognized), or a manifest or folders")
+    return True
+
+
+def calibrate_table(path: Path, cal: Calibration, out: Path | None, allow_out_of_range: bool) -> None:
+    """``semsim score TABLE --calibration CAL``: apply a calibration to an existing score table."""
+    from semsim.common.io import read_table, write_table
+    from semsim.metrics.calibrated import calibrate_score_table
+    from semsim.metrics.scoring import set_table_path
+
+    per_image, per_set, notes = calibrate_score_table(read_table(path), cal, allow_out_of_range=allow_out_of_range,
+                                                      where=str(path))
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
+    print_summary(per_set, [c for c in per_image.columns if c not in ("set", "image_id", "status")])
+    if out is not None:
+        write_table(per_image, out)
+        write_table(per_set, set_table_path(out))
+        typer.echo(f"wrote {out} and {set_table_path(out)}")
+
+
 def score(
     originals: Annotated[Path, typer.Argument(help="folder of originals, a SemSim-layout folder, or a manifest")],
     reconstructions: Annotated[Path | None, typer.Argument(help="folder of reconstructions (matched by id)")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metric names (default: the full panel)")] = None,
     out: Annotated[Path | None, typer.Option(help="per-image table, .parquet or .csv; the per-set table goes "
                                              "next to it as <name>_sets.<ext>")] = None,
-    set_name: Annotated[str | None, typer.Option("--set", help="set name (default: the folder's name)")] = None,
-    device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda")] = "cpu",
+    set_name: Annotated[str | None, typer.Option("--set", help="rename the set (one set only; default: the "
+                                                 "manifest's set names, else the folder's name)")] = None,
+    device: Device = "cpu",
+    threads: Threads = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="record and skip unusable pairs")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    quiet: Quiet = False,
     evaluator: Annotated[Path | None, typer.Option(help="evaluation classifier checkpoint: adds mr, iip and "
                                                    "feature_distance to the panel")] = None,
     semsim_model: Annotated[Path | None, typer.Option("--semsim", help="SemSim model folder (semsim train): "
@@ -58,17 +101,30 @@ def score(
     calibration: Annotated[Path | None, typer.Option(help="calibration file (semsim calibrate): adds "
                                                      "p_recognized and per-set expected recognition rates"
                                                      )] = None,
+    allow_out_of_range: Annotated[bool, typer.Option("--allow-out-of-range", help="apply the calibration even "
+                                                     "when most values lie outside its fitted range")] = False,
 ) -> None:
-    """Score reconstructions against their originals with the metric panel."""
+    """Score reconstructions against their originals with the metric panel.
+
+    ORIGINALS may also be a per-image score table (.csv/.parquet without a 'reconstruction' column): with
+    --calibration it gets p_recognized and per-set expected recognition rates, without any image.
+    """
+    from semsim.common.checks import check_writable
+    from semsim.common.io import TABLE_SUFFIXES
     from semsim.data.sets import ingest
     from semsim.metrics.calibrated import load_calibration
     from semsim.metrics.scoring import score_sets
 
+    if out is not None:
+        check_writable(out, TABLE_SUFFIXES)
     cal = load_calibration(calibration) if calibration is not None else None
+    if reconstructions is None and score_table_given(originals, cal):
+        return calibrate_table(originals, cal, out, allow_out_of_range)
     manifest, skipped = ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad)
     result = score_sets(manifest, [m.strip() for m in metrics.split(",")] if metrics else None,
                         evaluator=evaluator, semsim=semsim_model, calibration=cal, skipped=skipped, device=device,
-                        batch_size=batch_size, skip_bad=skip_bad, show_progress=not quiet)
+                        batch_size=batch_size, skip_bad=skip_bad, show_progress=not quiet,
+                        allow_out_of_range=allow_out_of_range)
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if len(result.skipped):

@@ -38,7 +38,7 @@ def read_array(path: str | os.PathLike) -> np.ndarray:
         raise SemsimError(f"{path}: no such image file; check the path or the manifest row") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SemsimError(
-            f"{path}: not a readable image ({exc}); replace or remove the file, or pass --skip-bad"
+            f"{path}: not a readable image ({exc}); replace or remove the file"
         ) from None
     return arr
 

@@ -305,12 +305,15 @@ class PSNR(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return psnr(original, reconstruction, self.data_range, color=self.color)
 
+    min_size = 2 * ssim_window_radius() + 1  # smallest image side: one whole Gaussian window (11 pixels)
+
 
 @register_metric(
     "ssim",
     higher_is_more_leakage=True,
     description="structural similarity, Gaussian window (Wang et al. 2004; = scikit-image)",
 )
+    min_size = SKIMAGE_WIN  # smallest image side: one whole 7x7 window
 class SSIM(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return ssim(original, reconstruction, self.data_range, color=self.color)

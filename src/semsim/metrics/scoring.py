@@ -152,12 +152,13 @@ def set_annotations(metrics: Mapping[str, torch.nn.Module]) -> dict[str, str]:
 
 
 def finish_tables(result: ScoreResult, annotations: Mapping[str, str],
-                  calibration: Calibration | None = None) -> ScoreResult:
+                  calibration: Calibration | None = None, *, allow_out_of_range: bool = False) -> ScoreResult:
     """Add the per-set ``annotations`` (:func:`set_annotations`) and, with a calibration, per-image
     ``p_recognized`` and per-set expected recognition rates (:func:`~semsim.metrics.calibrated.apply_calibration`)."""
     per_image, per_set, notes = result.per_image, result.per_set.assign(**annotations), list(result.notes)
     if calibration is not None:
-        per_image, per_set, cal_notes = apply_calibration(per_image, per_set, calibration)
+        per_image, per_set, cal_notes = apply_calibration(per_image, per_set, calibration,
+                                                          allow_out_of_range=allow_out_of_range)
         notes += cal_notes
     return ScoreResult(per_image, per_set, result.skipped, notes)
 
@@ -173,21 +174,42 @@ def score_sets(manifest: pd.DataFrame, metrics: Sequence[str] | None = None, *,
                calibration: Calibration | str | os.PathLike | None = None,
                options: Mapping[str, Mapping[str, Any]] | None = None, skipped: pd.DataFrame | None = None,
                device: str | torch.device = "cpu", batch_size: int = 256, skip_bad: bool = False,
-               show_progress: bool = True, n_bootstrap: int = 1000, seed: int = 0) -> ScoreResult:
+               show_progress: bool = True, n_bootstrap: int = 1000, seed: int = 0,
+               allow_out_of_range: bool = False) -> ScoreResult:
     """Score a manifest with a metric panel: the workflow of ``semsim score`` (and of ``semsim grid``).
 
     ``metrics``, ``evaluator``, ``semsim`` and ``options`` choose the panel (:func:`panel_request`);
     ``calibration`` (a :class:`~semsim.metrics.calibrated.Calibration` or its file) adds P(recognized);
     ``skipped`` (pairs already found unusable, e.g. by :func:`~semsim.data.sets.ingest`) joins the pairs
-    skipped while scoring. The calibration file is read before any image is.
+    skipped while scoring. The calibration file is read before any image is; values mostly outside its
+    fitted range stop with an error unless ``allow_out_of_range``.
     """
     cal = load_calibration(calibration) if isinstance(calibration, (str, os.PathLike)) else calibration
     built, notes = build_panel(metrics, evaluator=evaluator, semsim=semsim, options=options, device=device)
+    if cal is not None:
+        check_calibration_columns(cal, built, notes)
     result = score_manifest(manifest, built, device=device, batch_size=batch_size, skip_bad=skip_bad,
                             show_progress=show_progress, n_bootstrap=n_bootstrap, seed=seed)
     result.notes = notes
     result.skipped = merge_skipped(skipped, result.skipped)
-    return finish_tables(result, set_annotations(built), cal)
+    return finish_tables(result, set_annotations(built), cal, allow_out_of_range=allow_out_of_range)
+
+
+def check_calibration_columns(cal: Calibration, built: Mapping[str, torch.nn.Module], notes: Sequence[str] = ()
+                              ) -> None:
+    """Refuse, before any image is read, a calibration that needs a column the built panel does not produce."""
+    produced = {col for name in built for col in metric_info(name).columns}
+    missing = [f for f in cal.features if f not in produced]
+    if not missing:
+        return
+    owners = {col: m.name for m in list_metrics() for col in m.columns}
+    needed = sorted({owners.get(f, f) for f in missing})
+    why = [n for n in notes if any(n.startswith(f"{m} ") for m in needed)]
+    how = [f"--semsim MODEL/ for {m}" if m == "semsim" else f"--evaluator EVALUATOR/ for {m}"
+           for m in needed if m == "semsim" or m in EVALUATOR_METRICS]
+    raise SemsimError(f"the calibration needs column(s) {', '.join(missing)}, which the panel "
+                      f"({', '.join(built)}) does not produce; add {', '.join(needed)} to --metrics"
+                      + (f" ({', '.join(how)})" if how else "") + (f"; {'; '.join(why)}" if why else ""))
 
 
 def score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module], *,
@@ -233,7 +255,8 @@ def _score_manifest(manifest: pd.DataFrame, metrics: dict[str, torch.nn.Module],
     processes = len(manifest) >= _PROCESS_DECODE_MIN and _idle_cores() >= 1
     with ThreadPoolExecutor(1) as loader, DecodePool(2, processes=processes) as decoder:
         for set_name, group in manifest.groupby("set", sort=False):
-            batches = _decoded_batches(group, batch_size, skip_bad, loader, decoder)
+            batches = _size_checked(_decoded_batches(group, batch_size, skip_bad, loader, decoder), metrics,
+                                    skip_bad)
             set_table, set_values, bad = _score_set(batches, panel, bar)
             skipped += bad
             per_image.append(set_table)
@@ -255,9 +278,9 @@ def _load_batch(rows: pd.DataFrame, skip_bad: bool, decoder: DecodePool
         arrays = decoder.read(paths)
         n = len(rows)
         return list(arrays[:n]), list(arrays[n:]), [None] * n
-    except SemsimError:
+    except SemsimError as exc:
         if not skip_bad:
-            raise
+            raise SemsimError(f"{exc} (or pass --skip-bad to record and skip the pair)") from None
     ori: list[np.ndarray | None] = []
     rec: list[np.ndarray | None] = []
     why: list[str | None] = []
@@ -296,6 +319,27 @@ def _decoded_batches(group: pd.DataFrame, batch_size: int, skip_bad: bool, loade
         ori, rec, why = pending.result()
         if i + 2 < len(starts):
             pending = loader.submit(_load_batch, group.iloc[starts[i + 1]:starts[i + 2]], skip_bad, decoder)
+        yield rows, ori, rec, why
+
+
+def _size_checked(batches: Iterator[_Batch], metrics: Mapping[str, torch.nn.Module], skip_bad: bool
+                  ) -> Iterator[_Batch]:
+    """Pass batches on, marking pairs smaller than a metric's ``min_size`` (e.g. SSIM's 11-pixel window) as
+    unusable with ``skip_bad``, or stopping at the first such pair without it."""
+    needs = {name: int(m.min_size) for name, m in metrics.items() if getattr(m, "min_size", 0)}
+    for rows, ori, rec, why in batches:
+        for j, a in enumerate(ori):
+            if why[j] is not None or a is None:
+                continue
+            h, w = a.shape[:2]
+            small = [f"{size}x{size} that {name} needs" for name, size in needs.items() if min(h, w) < size]
+            if not small:
+                continue
+            reason = f"{rows['original'].iloc[j]}: {w}x{h} pixels, smaller than the {' and '.join(small)}"
+            if not skip_bad:
+                raise SemsimError(f"{reason}; leave {', '.join(n for n, s in needs.items() if min(h, w) < s)} "
+                                  "out of --metrics, or pass --skip-bad to record such pairs as skipped")
+            why[j] = reason
         yield rows, ori, rec, why
 
 

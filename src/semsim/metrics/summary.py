@@ -27,19 +27,30 @@ def _bootstrap_ci(values: np.ndarray, n_bootstrap: int, seed: int, level: float,
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+IDENTICAL_AT_INF = ("psnr",)  # columns that are +inf exactly for identical pairs (MSE 0)
+
+
 def summarize_set(set_name: str, table: pd.DataFrame, set_values: dict[str, float], n_bootstrap: int = 1000,
                   seed: int = 0) -> dict:
-    """One row per set: n, then mean / median / 95% bootstrap interval of every per-image column."""
+    """One row per set: n, then mean / median / 95% bootstrap interval of every per-image column.
+
+    The mean and its interval are over the finite values; the median is over every value that is not NaN, so
+    it keeps infinities. PSNR is +inf for an identical pair, the most-leaking reconstruction there is: the
+    mean leaves such pairs out, so ``psnr_n_identical`` counts them beside it, and the median includes them
+    (it is inf when more than half the pairs are identical).
+    """
     row: dict = {"set": set_name, "n": len(table)}
     draws: dict[int, np.ndarray] = {}
     for col in table.columns:
         if col in ("set", "image_id") or not pd.api.types.is_numeric_dtype(table[col]):
             continue
         v = table[col].to_numpy(dtype=float)
-        finite = v[np.isfinite(v)]
+        finite, present = v[np.isfinite(v)], v[~np.isnan(v)]
         lo, hi = _bootstrap_ci(v, n_bootstrap, seed, 0.95, draws)
         row[f"{col}_mean"] = float(finite.mean()) if len(finite) else float("nan")
-        row[f"{col}_median"] = float(np.median(finite)) if len(finite) else float("nan")
+        row[f"{col}_median"] = float(np.median(present)) if len(present) else float("nan")
         row[f"{col}_ci_low"], row[f"{col}_ci_high"] = lo, hi
+        if col in IDENTICAL_AT_INF:
+            row[f"{col}_n_identical"] = int(np.isposinf(v).sum())
     row.update(set_values)
     return row
