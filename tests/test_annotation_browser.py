@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from annotation_util import Server, make_project, make_set
 from semsim.annotation import add_annotator, init_project
-from semsim.annotation.db import Annotator, Answer, Database, Item
+from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
 from semsim.data.labels import read_labels
 
 pytestmark = pytest.mark.browser
@@ -117,7 +117,9 @@ def test_admin_dashboard_and_export(browser, tmp_path):
         assert "/start/" in link
         other = browser.new_page()
         other.goto(link)
-        assert other.locator("#progress").count() == 1
+        # every item already has its two judges: the newcomer's queue is empty, and the page says so
+        assert other.locator("#empty").inner_text() == "Nothing to do yet"
+        assert "All done" not in other.content()
         other.close()
 
         # export the label table through the browser
@@ -142,14 +144,91 @@ def test_many_classes_filter_by_typing(browser, tmp_path):
     with Server(db) as base:
         page = browser.new_page()
         page.goto(f"{base}/start/{token}")
-        assert page.locator("button.choice").count() == 13  # 12 classes and "can't tell"
+        assert page.locator("button.choice").count() == 15  # 12 classes, "can't tell", broken image, skip
         first = int(page.locator("input[name=item_id]").get_attribute("value"))
         page.keyboard.type("dol")  # the filter box has the focus: only "dolphin" is left
         assert page.locator("button.choice:visible").all_inner_texts()[0].strip() == "dolphin"
         page.keyboard.press("Enter")
         expect(page.locator("#progress")).to_have_text("1 / 3")
         second = int(page.locator("input[name=item_id]").get_attribute("value"))
+        # inside the filter box keys only type: Backspace on the empty box undoes nothing, "-" is a character
+        page.keyboard.press("Backspace")
+        page.keyboard.press("-")
+        assert page.locator("#filter").input_value() == "-"
+        page.keyboard.press("Backspace")
+        page.keyboard.press("Backspace")
+        assert page.locator("#progress").inner_text() == "1 / 3"
+        assert _answers(db, "typist") == {first: names.index("dolphin")}
+        # Escape leaves the box; then "-" is "can't tell"
+        page.keyboard.press("Escape")
         page.keyboard.press("-")
         expect(page.locator("#progress")).to_have_text("2 / 3")
         assert _answers(db, "typist") == {first: names.index("dolphin"), second: -1}
+        page.close()
+
+
+def test_digit_study_keys_are_the_digits(browser, tmp_path):
+    make_set(tmp_path / "digits", 10, n_classes=10)  # labels 0..9: the classes are named "0".."9"
+    init_project(tmp_path / "d.sqlite", [tmp_path / "digits"], per_item=1, study="digits")
+    db = Database(tmp_path / "d.sqlite")
+    token = add_annotator(db, "typist")
+    with Server(db) as base:
+        page = browser.new_page()
+        page.goto(f"{base}/start/{token}")
+        buttons = page.locator("button.choice:not(.cant):not(.action)")
+        assert buttons.count() == 10
+        for k in range(10):  # every button shows its key, and the key is the class's own digit
+            button = buttons.nth(k)
+            assert button.get_attribute("data-key") == button.get_attribute("data-text")
+            assert button.locator("kbd").inner_text() == button.get_attribute("data-text")
+        typed: dict[int, int] = {}
+        for k, digit in enumerate("7031598264"):
+            item = int(page.locator("input[name=item_id]").get_attribute("value"))
+            page.keyboard.press(digit)
+            expect(page.locator("#progress")).to_have_text(f"{k + 1} / 10")
+            typed[item] = int(digit)
+        assert _answers(db, "typist") == typed  # pressing "7" stored class 7, and so on
+        page.close()
+
+
+def test_instructions_flag_and_skip(browser, tmp_path):
+    make_set(tmp_path / "setA", 4)
+    make_set(tmp_path / "examples", 2, seed=5)
+    (tmp_path / "howto.txt").write_text("Look at the picture for a second.\n\nThen pick its class.\n")
+    init_project(tmp_path / "i.sqlite", [tmp_path / "setA"], per_item=1, study="i", classes=["cat", "dog", "car"],
+                 instructions=(tmp_path / "howto.txt").read_text(), examples=[tmp_path / "examples"])
+    db = Database(tmp_path / "i.sqlite")
+    token = add_annotator(db, "ann")
+    other = add_annotator(db, "other")
+    with Server(db) as base:
+        page = browser.new_page()
+        page.goto(f"{base}/start/{token}")
+        assert page.url.endswith("/instructions")  # before the first answer
+        assert page.locator("#instructions p").all_inner_texts() == ["Look at the picture for a second.",
+                                                                     "Then pick its class."]
+        shown = page.eval_on_selector_all(".example img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert shown == [256, 256]  # the examples' images load for an annotator who does not judge them
+        assert page.locator(".example figcaption").all_inner_texts() == ["answer: cat", "answer: dog"]
+        page.click("#begin")
+        flagged = int(page.locator("input[name=item_id]").get_attribute("value"))
+        page.keyboard.press("f")  # broken image
+        expect(page.locator("#progress")).to_have_text("1 / 2")
+        skipped = int(page.locator("input[name=item_id]").get_attribute("value"))
+        page.keyboard.press("s")  # skip
+        expect(page.locator("h1")).to_have_text("All done, thank you!")
+        assert _answers(db, "ann") == {flagged: -2, skipped: -3}
+        # neither is a judgment: both items go to the other annotator (top-up after the skip and the flag)
+        for _ in range(100):
+            with db.read() as s:
+                person = s.scalar(select(Annotator.id).where(Annotator.name == "other"))
+                theirs = set(s.scalars(select(Assignment.item_id).where(Assignment.annotator_id == person)))
+            if {flagged, skipped} <= theirs:
+                break
+            page.wait_for_timeout(100)
+        assert {flagged, skipped} <= theirs
+        second = browser.new_page()
+        second.goto(f"{base}/start/{other}")
+        second.goto(f"{base}/task")
+        assert second.locator("#progress").inner_text() == "0 / 4"
+        second.close()
         page.close()
