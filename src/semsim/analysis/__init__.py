@@ -7,11 +7,12 @@ AUROC, contradictions between metrics, the human ceiling, and calibration of met
 from semsim.analysis.calibration import (
     Calibration,
     calibration_table,
-    cross_validate,
-    evaluate_probabilities,
+    estimate_rates,
     expected_calibration_error,
     expected_recognition,
     fit_calibration,
+    heldout_evaluation,
+    heldout_summary,
     load_calibration,
 )
 from semsim.analysis.data import (
@@ -27,8 +28,8 @@ from semsim.analysis.stats import contradiction_matrix, human_ceiling, image_lev
 
 __all__ = [
     "SEMSIM_CIFAR100_DIRECTIONS", "AnalysisData", "AnalysisReport", "Calibration", "analyze",
-    "calibration_table", "contradiction_matrix", "cross_validate", "evaluate_probabilities",
-    "expected_calibration_error", "expected_recognition", "fit_calibration", "human_ceiling", "image_level",
+    "calibration_table", "contradiction_matrix", "estimate_rates", "expected_calibration_error",
+    "expected_recognition", "fit_calibration", "heldout_evaluation", "heldout_summary", "human_ceiling", "image_level",
     "import_semsim_cifar100", "join_scores_labels", "load_calibration", "parse_directions",
     "resolve_directions", "run_analysis", "set_level",
 ]

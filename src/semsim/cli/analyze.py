@@ -1,4 +1,5 @@
-"""``semsim analyze``, ``semsim calibrate``, ``semsim import-labels``: agreement of metrics with people."""
+"""``semsim analyze``, ``semsim import-labels``: agreement of metrics with people (``semsim calibrate``:
+:mod:`semsim.cli.calibrate`)."""
 
 from __future__ import annotations
 
@@ -13,14 +14,10 @@ from rich.table import Table
 from semsim.analysis import (
     SEMSIM_CIFAR100_DIRECTIONS,
     analyze,
-    cross_validate,
-    evaluate_probabilities,
-    fit_calibration,
     import_semsim_cifar100,
-    join_scores_labels,
     parse_directions,
 )
-from semsim.analysis.calibration import METHODS, TARGETS, split_sets
+from semsim.analysis.calibration import METHODS
 from semsim.common.io import write_table
 from semsim.data.labels import write_labels
 from semsim.errors import SemsimError
@@ -36,7 +33,7 @@ ImportOpt = Annotated[Path | None, typer.Option(
     "--import-semsim-cifar100", help="analyse the SemSim authors' CIFAR-100 human-label table instead of "
                                      "SCORES/--labels (directions are built in)")]
 HoldoutOpt = Annotated[str | None, typer.Option(
-    help="regex of set names held out of the calibration fit, e.g. ConvNet (default: leave-one-set-out)")]
+    help="regex of set names held out of the calibration fit, e.g. ConvNet (default: each set in turn)")]
 MethodOpt = Annotated[str, typer.Option(help=f"calibration map: {' or '.join(METHODS)}")]
 
 
@@ -92,50 +89,6 @@ def analyze_cmd(
     typer.echo(f"wrote {report.html_path} and {len(report.tables)} tables to {out}")
 
 
-def calibrate_cmd(
-    scores: ScoresArg = None,
-    labels: LabelsOpt = None,
-    metrics: Annotated[str, typer.Option(help="metric column(s) to calibrate, comma-separated")] = "semsim",
-    out: Annotated[Path, typer.Option(help="calibration file (.json)")] = Path("calibration.json"),
-    method: MethodOpt = "logistic",
-    target: Annotated[str, typer.Option(help="majority (recognized by most judges) or share (of judges)")
-                      ] = "majority",
-    holdout: HoldoutOpt = None,
-    direction: DirectionOpt = None,
-    import_semsim_cifar100: ImportOpt = None,
-) -> None:
-    """Fit a monotone map from metric values to P(a person recognizes the reconstruction); JSON out.
-
-    With --holdout, fits on the other sets and scores the held-out ones; without it, fits on every set and
-    reports leave-one-set-out scores.
-    """
-    if target not in TARGETS:
-        raise SemsimError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
-    if out.suffix.lower() != ".json":
-        raise SemsimError(f"{out}: calibration files are JSON; give a name ending in .json")
-    score_in, label_in, dirs = _inputs(scores, labels, import_semsim_cifar100, direction)
-    features = _split(metrics) or []
-    data = join_scores_labels(score_in, label_in, metrics=features, directions=dirs)
-    for note in data.notes:
-        typer.echo(f"note: {note}", err=True)
-    if holdout:
-        (_, test), = split_sets(data.table["set"], holdout)
-        cal = fit_calibration(data.table[~test], features, data.directions, method=method, target=target)
-        scores_held = evaluate_probabilities(cal.predict(data.table[test]), data.table[test])
-        scores_held["split"] = f"holdout /{holdout}/"
-    else:
-        cal = fit_calibration(data.table, features, data.directions, method=method, target=target)
-        _, scores_held = cross_validate(data, features, method=method, target=target)
-    cal.heldout = scores_held
-    cal.save(out)
-    typer.echo(f"{method} calibration of {', '.join(features)} on {cal.trained_on['n_images']} images "
-               f"({len(cal.trained_on['sets'])} sets); held-out ({scores_held['split']}, "
-               f"{scores_held['n_images']} images): AUROC {scores_held['auroc']:.3f}, Brier "
-               f"{scores_held['brier']:.3f}, ECE {scores_held['ece']:.3f}, "
-               f"set MAE {scores_held['set_mae']:.3f}")
-    typer.echo(f"wrote {out}")
-
-
 def import_labels_cmd(
     source: Annotated[Path, typer.Argument(help="the table to import")],
     out: Annotated[Path, typer.Option(help="folder for scores.csv and labels.csv")] = Path("imported"),
@@ -157,5 +110,4 @@ def import_labels_cmd(
 
 def register(app: typer.Typer) -> None:
     app.command("analyze")(analyze_cmd)
-    app.command("calibrate")(calibrate_cmd)
     app.command("import-labels")(import_labels_cmd)

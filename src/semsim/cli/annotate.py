@@ -55,7 +55,9 @@ def init(
                                                  "line (default: 0..max label)")] = None,
     gold: Annotated[list[Path] | None, typer.Option("--gold", help="set of gold items with known answers "
                                                      "(the 'label', or a 'gold_answer' column)")] = None,
-    seed: Annotated[int, typer.Option(help="seed of the per-annotator random orders")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the per-annotator random orders (and of --sample)")] = 0,
+    sample: Annotated[int | None, typer.Option(min=1, help="load only N randomly drawn images of each set "
+                                               "(labels for 'semsim estimate')")] = None,
     instructions: Annotated[Path | None, typer.Option(help="text file shown to annotators before they start "
                                                       "(paragraphs separated by blank lines)")] = None,
     examples: Annotated[list[Path] | None, typer.Option("--examples", help="set of example items shown with "
@@ -72,7 +74,7 @@ def init(
             raise SemsimError(f"--instructions {instructions}: not a readable UTF-8 text file ({exc})") from None
     counts = init_project(db, list(sets), per_item=per_item, task=task, study=study,
                           classes=_classes(classes), gold=list(gold or []), seed=seed, instructions=text,
-                          examples=list(examples or []))
+                          examples=list(examples or []), sample=sample)
     typer.echo(f"loaded {counts['items']} item(s) from {counts['sets']} set(s), {counts['gold']} gold "
                f"item(s) and {counts['examples']} example(s) into {db}; {counts['assigned']} assignment(s) made")
     if counts["items_short"]:
