@@ -7,17 +7,16 @@ from typing import Annotated
 
 import typer
 
-from semsim.attacks import attack_set, list_attacks
+from semsim.cli.choices import ATTACKS
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.common.checks import check_writable
-from semsim.data.datasets import load_dataset
 
 
 def attack(
     victim: Annotated[Path, typer.Option(help="victim checkpoint folder (model.safetensors + config.json)")],
     data: Annotated[Path, typer.Option(help="dataset: CIFAR python folder, image folder or MNIST folder")],
     out: Annotated[Path, typer.Option(help="output folder: {id}_{label}_ori/_rec.png + manifest.csv")],
-    attack: Annotated[str, typer.Option(help=f"one of {', '.join(list_attacks())}")] = "invgrad",
+    attack: Annotated[str, typer.Option(help=f"one of {', '.join(ATTACKS)}")] = "invgrad",
     n: Annotated[int | None, typer.Option(min=1, help="attack n images drawn by --seed (default: all)")]
     = None,
     split: Annotated[str | None, typer.Option(help="train or test (CIFAR/MNIST; default: train if present)")]
@@ -39,6 +38,9 @@ def attack(
     quiet: Quiet = False,
 ) -> None:
     """Attack images with DLG, iDLG, Inverting Gradients or GradInversion; a rerun resumes."""
+    from semsim.attacks import attack_set
+    from semsim.data.datasets import load_dataset
+
     check_writable(out, folder=True)
     dataset = load_dataset(data, image_size=image_size, split=split)
     options = {k: v for k, v in dict(restarts=restarts, lr=lr, tv=tv, model_mode=model_mode).items()

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from semsim.cli.choices import DEMO_N_IMAGES
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.cli.score import print_summary
 from semsim.common.checks import check_writable
-from semsim.demo import DemoConfig, run_demo
 
 SUMMARY_COLUMNS = ("psnr", "ssim", "mr_correct", "iip_pixel", "semsim")
 
@@ -18,12 +18,14 @@ SUMMARY_COLUMNS = ("psnr", "ssim", "mr_correct", "iip_pixel", "semsim")
 def demo(
     out: Annotated[Path, typer.Option(help="output folder (report.html, sets, scores, models)")] = Path("semsim-demo"),
     n_images: Annotated[int, typer.Option("--n", "--n-images", min=2, help="reconstructions per configuration")
-                        ] = DemoConfig.n_images,
+                        ] = DEMO_N_IMAGES,
     device: Device = "cpu",
     threads: Threads = None,
     quiet: Quiet = False,
 ) -> None:
     """Train a victim with and without a defense, attack it, score, analyse, and write a report."""
+    from semsim.demo import DemoConfig, run_demo
+
     check_writable(out, folder=True)
     result = run_demo(DemoConfig(out=out, n_images=n_images, device=device, show_progress=not quiet))
     columns = [c for c in SUMMARY_COLUMNS if c in result.per_image.columns]

@@ -6,15 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from semsim.analysis.evaluate_semsim import BASELINES, evaluate_generalization
+from semsim.cli.choices import EVALUATE_BASELINES
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.common.checks import check_writable
-from semsim.common.io import write_table
-from semsim.data.label_import import load_labels
-from semsim.learned.train import TrainConfig
 
 
 def evaluate(
@@ -24,7 +19,7 @@ def evaluate(
     test_sets: Annotated[str | None, typer.Option(help="sets to test on (default: all the others)")] = None,
     manifest: Annotated[list[Path] | None, typer.Option(help="manifests for a table without paths")] = None,
     model: Annotated[Path | None, typer.Option(help="use this SemSim model instead of training one")] = None,
-    baselines: Annotated[str, typer.Option(help="metrics to compare with")] = ",".join(BASELINES),
+    baselines: Annotated[str, typer.Option(help="metrics to compare with")] = ",".join(EVALUATE_BASELINES),
     disjoint_originals: Annotated[
         bool, typer.Option("--disjoint-originals", help="test only on originals unseen in training")
     ] = False,
@@ -40,6 +35,14 @@ def evaluate(
     quiet: Quiet = False,
 ) -> None:
     """Train SemSim on some sets and compare it with PSNR, SSIM and LPIPS on the others (AUROC, Spearman)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from semsim.analysis.evaluate_semsim import evaluate_generalization
+    from semsim.common.io import write_table
+    from semsim.data.label_import import load_labels
+    from semsim.learned.train import TrainConfig
+
     check_writable(out, folder=True)
     table = load_labels(labels, manifests=manifest or ())
     config = TrainConfig(architecture=architecture, arch_kwargs={"width": width} if width else {},

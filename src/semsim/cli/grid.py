@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from semsim.grid import build_plan, load_grid, plan_summary, read_status, run_plan
+import semsim.grid as grids  # a lazy package: each command imports what it uses when it runs
 
 grid_app = typer.Typer(help="Run attack grids and scoring jobs (local process pool or a Ray cluster).",
                        no_args_is_help=True)
@@ -30,8 +28,11 @@ def plan_cmd(grid: GridFile,
              tasks: Annotated[bool, typer.Option("--tasks", help="list every task, not only sets")] = False
              ) -> None:
     """Show what `grid run` would do: tasks per set, and how many are already done."""
-    plan = build_plan(load_grid(grid))
-    summary = plan_summary(plan)
+    from rich.console import Console
+    from rich.table import Table
+
+    plan = grids.build_plan(grids.load_grid(grid))
+    summary = grids.plan_summary(plan)
     kinds = list(dict.fromkeys(summary["kind"]))
     table = Table(title=f"grid {grid} -> {plan.spec.out}")
     table.add_column("set (or victim)", overflow="fold")
@@ -69,8 +70,8 @@ def run_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run the grid's unfinished tasks, retrying failures; merge finished sets and scores."""
-    plan = build_plan(load_grid(grid))
-    report = run_plan(plan, workers=workers, ray=ray, retries=retries, threads=threads,
+    plan = grids.build_plan(grids.load_grid(grid))
+    report = grids.run_plan(plan, workers=workers, ray=ray, retries=retries, threads=threads,
                       gpus_per_task=gpus_per_task, show_progress=not quiet)
     skipped = sum(1 for s in report.states.values() if s.skipped)
     typer.echo(f"{len(report.executed)} task(s) run ({report.attempts} attempt(s)), {skipped} already done, "
@@ -96,7 +97,7 @@ def run_cmd(
 def status_cmd(grid: GridFile,
                sets: Annotated[bool, typer.Option("--sets", help="one row per set")] = False) -> None:
     """Progress of a run (in progress or finished), read from its run folder."""
-    st = read_status(load_grid(grid))
+    st = grids.read_status(grids.load_grid(grid))
     c = st.counts
     img = st.images
     elapsed = (st.updated or time.time()) - st.started if st.started else None
@@ -114,6 +115,9 @@ def status_cmd(grid: GridFile,
     for task_id, error in st.failures.items():
         typer.echo(f"failed: {task_id}: {error}")
     if sets:
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table()
         for col in ("kind", "set", "done", "running", "failed", "images"):
             table.add_column(col, justify="left" if col in ("kind", "set") else "right")

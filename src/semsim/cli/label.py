@@ -5,15 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import pandas as pd
 import typer
 
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.common.checks import check_writable
-from semsim.common.io import TABLE_SUFFIXES
-from semsim.data.labels import write_labels
-from semsim.data.sets import ingest
-from semsim.metrics.labeler import label_by_model
 
 
 def label(
@@ -32,6 +27,13 @@ def label(
     quiet: Quiet = False,
 ) -> None:
     """Write a label table judged by an evaluator (recognized: its top-1 is the true class)."""
+    import pandas as pd
+
+    from semsim.common.io import TABLE_SUFFIXES
+    from semsim.data.labels import write_labels
+    from semsim.data.sets import ingest
+    from semsim.metrics.labeler import label_by_model
+
     check_writable(out, TABLE_SUFFIXES)
     manifests = []
     for source in sets:

@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
+from semsim.cli.choices import ARCHITECTURES
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.common.checks import check_writable
 from semsim.metrics.model_based import near_chance
-from semsim.models.classifiers import ARCHITECTURES
-from semsim.victims.train import train_to_checkpoint
 
 ARCH_HELP = f"architecture: {', '.join(ARCHITECTURES)}"
 DATA_HELP = "CIFAR-10/100 python folder, MNIST IDX folder, or image folder with one sub-folder per class"
@@ -68,6 +67,8 @@ def train_victim(
     = "0.375,0.625,0.875",
 ) -> None:
     """Train a victim classifier with a training variant (augmentation, training-time gradient defense)."""
+    from semsim.victims.train import train_to_checkpoint
+
     check_writable(out, folder=True)
     try:
         shares = tuple(float(m) for m in milestones.split(","))
@@ -95,6 +96,8 @@ def train_evaluator(
     restart: Restart = False, quiet: Quiet = False,
 ) -> None:
     """Train an evaluation classifier on clean images; its held-out (clean) accuracy goes in config.json."""
+    from semsim.victims.train import train_to_checkpoint
+
     check_writable(out, folder=True)
     config = train_to_checkpoint(out, role="evaluator", arch=arch, data=data, epochs=epochs, augment=augment,
                                  val_split=val_split, image_size=image_size, split=split, fit=fit, n=n,

@@ -10,10 +10,7 @@ import typer
 
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.common.checks import check_writable
-from semsim.data.label_import import load_labels
 from semsim.errors import SemsimError
-from semsim.learned.train import TrainConfig, train_semsim
-from semsim.models.classifiers import CIFAR_MEAN, CIFAR_STD
 
 
 def parse_floats(text: str | None, default: tuple[float, ...], what: str) -> tuple[float, ...]:
@@ -75,6 +72,10 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train SemSim (triplet loss on recognized vs unrecognized reconstructions); resumes when interrupted."""
+    from semsim.data.label_import import load_labels
+    from semsim.learned.train import TrainConfig, train_semsim
+    from semsim.models.classifiers import CIFAR_MEAN, CIFAR_STD
+
     check_writable(out, folder=True)
     table = load_labels(labels, manifests=manifest or (), label_source=label_source)
     config = TrainConfig(

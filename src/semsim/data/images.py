@@ -13,13 +13,16 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from semsim.common.io import atomic_write
 from semsim.errors import SemsimError
+
+if TYPE_CHECKING:  # reading images to arrays needs no torch; the tensor edge imports it when used
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -66,6 +69,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def to_tensor(arrays: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
     """uint8 HxWx3 array(s) -> float32 (N)CHW tensor in [0, 1]."""
+    import torch
+
     stacked = np.stack(arrays) if not isinstance(arrays, np.ndarray) else arrays
     t = torch.from_numpy(np.ascontiguousarray(stacked))
     t = t.permute(0, 3, 1, 2) if t.ndim == 4 else t.permute(2, 0, 1)
@@ -165,6 +170,8 @@ def load_images(paths: Sequence[str | os.PathLike], workers: int | None = None) 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
     """float CHW tensor in [0, 1] -> uint8 HxWx3 array (values are clamped, then rounded)."""
+    import torch
+
     if image.ndim != 3:
         raise ValueError(f"expected a CHW image, got shape {tuple(image.shape)}")
     arr = image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)

@@ -8,10 +8,7 @@ Names are imported on first use, so a worker that only runs tasks (:mod:`semsim.
 the scheduler's imports.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from semsim.common.lazy import lazy_exports
 
 _EXPORTS = {
     "GridSpec": "spec", "load_grid": "spec", "parse_grid": "spec",
@@ -21,8 +18,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'semsim.grid' has no attribute '{name}'")
-    return getattr(importlib.import_module(f"semsim.grid.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -1,28 +1,15 @@
 """Metrics that score a reconstruction against its original (see :mod:`semsim.metrics.registry`).
 
 ``create(name)`` builds one, ``list_metrics()`` lists them with their direction (``higher_is_more_leakage``).
+The registry needs no torch; the metric functions and classes below are imported on first use, so
+``from semsim.metrics import psnr`` loads the pixel metrics only.
 """
 
-# Registration order is the order of the default panel and of score-table columns: pixel metrics first.
-from semsim.metrics import pixel  # noqa: F401  (mse, psnr, ssim, ms_ssim)
-
-# isort: split
-from semsim.metrics import lpips  # noqa: F401  (lpips_alex, lpips_vgg, lpips_squeeze)
-
-# isort: split
-from semsim.metrics import semsim_metric  # noqa: F401  (semsim)
-
-# isort: split
+from semsim.common.lazy import lazy_exports
 from semsim.errors import MetricUnavailable
-from semsim.metrics import (
-    fid,  # noqa: F401  (fid)
-    model_based,  # noqa: F401  (mr, iip, feature_distance)
-)
-from semsim.metrics.fid import fid_from_features, frechet_distance
-from semsim.metrics.lpips import LPIPS
-from semsim.metrics.pixel import ms_ssim, mse, psnr, ssim
 from semsim.metrics.registry import (
     MetricInfo,
+    SetMetric,
     check_pair,
     column_direction,
     create,
@@ -31,6 +18,11 @@ from semsim.metrics.registry import (
     register_metric,
 )
 
-__all__ = ["LPIPS", "MetricInfo", "MetricUnavailable", "check_pair", "column_direction", "create",
+_LAZY = {"fid_from_features": "fid", "frechet_distance": "fid", "LPIPS": "lpips", "ms_ssim": "pixel",
+         "mse": "pixel", "psnr": "pixel", "ssim": "pixel"}
+
+__all__ = ["LPIPS", "MetricInfo", "MetricUnavailable", "SetMetric", "check_pair", "column_direction", "create",
            "fid_from_features", "frechet_distance", "list_metrics", "metric_info", "ms_ssim", "mse", "psnr",
            "register_metric", "ssim"]
+
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from semsim.metrics.registry import check_pair, register_metric
+from semsim.metrics.registry import check_pair
 from semsim.models.backbones import InceptionV3Features
 from semsim.models.weights import find_weights, load_into, load_state_dict
 
@@ -73,13 +73,6 @@ def fid_from_features(features1: np.ndarray | torch.Tensor, features2: np.ndarra
     return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
 
 
-@register_metric(
-    "fid",
-    higher_is_more_leakage=False,
-    level="set",
-    description="Fréchet Inception Distance per set (Heusel et al. 2017); needs "
-    f"{INCEPTION_FILES[0]}; biased on small sets",
-)
 class FID(nn.Module):
     """Set-level FID between a set's originals and its reconstructions.
 

@@ -18,7 +18,7 @@ import os
 import torch
 from torch import nn
 
-from semsim.metrics.registry import check_pair, register_metric
+from semsim.metrics.registry import check_pair
 from semsim.models.backbones import LPIPS_CHANNELS, lpips_backbone
 from semsim.models.weights import find_weights, load_into, load_state_dict
 
@@ -116,12 +116,3 @@ def lpips(
     )
     check_pair(original, reconstruction, data_range)
     return model(original / data_range, reconstruction / data_range)
-
-
-for _net, _label in (("alex", "AlexNet"), ("vgg", "VGG16"), ("squeeze", "SqueezeNet 1.1")):
-    register_metric(
-        f"lpips_{_net}",
-        higher_is_more_leakage=False,
-        net=_net,
-        description=f"LPIPS v0.1 with {_label} (Zhang et al. 2018); needs {BACKBONE_FILES[_net][0]}",
-    )(LPIPS)

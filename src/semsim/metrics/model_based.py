@@ -35,11 +35,10 @@ from scipy.stats import norm
 from torch import nn
 
 from semsim.errors import MetricUnavailable, SemsimError
-from semsim.metrics.registry import create, register_metric
+from semsim.metrics.registry import EVALUATOR_METRICS, create
 from semsim.models.classifiers import Classifier, load_classifier
 
 IIP_VARIANTS = ("pixel", "lpips", "feature")
-EVALUATOR_METRICS = ("mr", "iip", "feature_distance")  # the metrics that take evaluator=CHECKPOINT
 
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -54,6 +53,7 @@ def clean_accuracy(config: dict[str, Any]) -> float | None:
     ``semsim train-evaluator``), or None when it records none."""
     value = config.get("clean_accuracy")
     return None if value is None else float(value)
+
 
 def near_chance(config: dict[str, Any]) -> str | None:
     """Why an evaluator's recorded held-out accuracy is too close to guessing to judge anything, or None.
@@ -71,7 +71,6 @@ def near_chance(config: dict[str, Any]) -> str | None:
         return None
     return (f"held-out accuracy {acc:.3f} is near chance (1/{k} = {chance:.3f}); its recognition labels and MR "
             "mean little: train it longer, on more data, or with a larger model")
-
 
 
 class Evaluator(nn.Module):
@@ -133,10 +132,10 @@ def load_evaluator(evaluator: str | os.PathLike | Evaluator, device: str | torch
     """An :class:`Evaluator` from a checkpoint folder, named after the folder (as in ``model:<name>``)."""
     if isinstance(evaluator, Evaluator):
         return evaluator.to(device)
+    model, config = load_classifier(evaluator, device=device)
     weak = near_chance(config)
     if weak is not None:
         warnings.warn(f"evaluator {evaluator}: {weak}", stacklevel=2)
-    model, config = load_classifier(evaluator, device=device)
     return Evaluator(model, config, Path(evaluator).resolve().name)
 
 
@@ -178,15 +177,6 @@ def _need_evaluator(metric: str) -> MetricUnavailable:
                              "(train one with semsim train-evaluator)")
 
 
-_MR_COLUMNS = {"mr_prob": True, "mr_correct": True, "mr_top5": True, "mr_accuracy": True,
-               "mr_accuracy_ci_low": True, "mr_accuracy_ci_high": True, "mr_top5_accuracy": True,
-               "mr_relative": True}
-
-
-@register_metric("mr", higher_is_more_leakage=True, level="set", needs_labels=True, default=False,
-                 columns=_MR_COLUMNS,
-                 description="model-based recognition: an evaluation classifier's accuracy on the "
-                             "reconstructions")
 class ModelRecognition(nn.Module):
     """Model-based Recognition. Set-level (accuracy with a Wilson interval) with per-image columns.
 
@@ -267,11 +257,6 @@ def _uint8_keys(x: torch.Tensor) -> list[bytes]:
     return [bytes(v) for v in x.mul(255).round().to(torch.uint8).flatten(1).numpy()]
 
 
-@register_metric("iip", higher_is_more_leakage=True, level="set", default=False,
-                 columns={**{f"iip_{v}": True for v in IIP_VARIANTS},
-                          **{f"iip_{v}_precision": True for v in IIP_VARIANTS}},
-                 description="image identifiability precision: share of reconstructions whose nearest "
-                             "candidate is their own original (pixel / LPIPS / evaluator features)")
 class ImageIdentifiability(nn.Module):
     """Image Identifiability Precision (GradInversion, Yin et al., CVPR 2021), set-level with 0/1 per image.
 
@@ -451,9 +436,6 @@ class ImageIdentifiability(nn.Module):
         return {f"{k}_precision": float(v.mean()) for k, v in self._results().items()}
 
 
-@register_metric("feature_distance", higher_is_more_leakage=False, default=False,
-                 columns={"feature_l2": False, "feature_cosine": False},
-                 description="L2 and cosine distance between the evaluator's penultimate features")
 class FeatureDistance(nn.Module):
     """Distance between an evaluation classifier's penultimate features of original and reconstruction:
     ``feature_l2`` (Euclidean) and ``feature_cosine`` (1 - cosine similarity)."""

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semsim.metrics.registry import check_pair, register_metric
+from semsim.metrics.registry import check_pair
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # window radius int(3.5 * 1.5 + 0.5) = 5, i.e. 11 pixels, as in the paper
@@ -294,13 +294,11 @@ class _PixelMetric(nn.Module):
         self.color = color
 
 
-@register_metric("mse", higher_is_more_leakage=False, description="mean squared error (scale of data_range)")
 class MSE(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return mse(original, reconstruction, self.data_range, color=self.color)
 
 
-@register_metric("psnr", higher_is_more_leakage=True, description="peak signal-to-noise ratio, dB")
 class PSNR(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return psnr(original, reconstruction, self.data_range, color=self.color)
@@ -308,24 +306,12 @@ class PSNR(_PixelMetric):
     min_size = 2 * ssim_window_radius() + 1  # smallest image side: one whole Gaussian window (11 pixels)
 
 
-@register_metric(
-    "ssim",
-    higher_is_more_leakage=True,
-    description="structural similarity, Gaussian window (Wang et al. 2004; = scikit-image)",
-)
     min_size = SKIMAGE_WIN  # smallest image side: one whole 7x7 window
 class SSIM(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return ssim(original, reconstruction, self.data_range, color=self.color)
 
 
-@register_metric(
-    "ssim_skimage",
-    higher_is_more_leakage=True,
-    default=False,
-    description="SSIM as the SemSim reference code scores it: scikit-image defaults on uint8 images "
-    "(7x7 uniform window, sample covariance)",
-)
 class SSIMSkimage(nn.Module):
     cpu_threads = 1
 
@@ -337,12 +323,6 @@ class SSIMSkimage(nn.Module):
         return ssim_skimage(original, reconstruction, self.data_range)
 
 
-@register_metric(
-    "ms_ssim",
-    higher_is_more_leakage=True,
-    description=f"multi-scale SSIM (Wang et al. 2003); images of at least {ms_ssim_min_size()}px, "
-    "blank (NaN, with a warning) for smaller ones",
-)
 class MSSSIM(_PixelMetric):
     """MS-SSIM; below the minimum size the column is NaN and a warning says why (never a made-up value)."""
 

@@ -13,17 +13,21 @@ reveals more of the original?
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
 
 from semsim.errors import SemsimError
+
+if TYPE_CHECKING:  # the registry itself needs no torch: listing metrics and their directions stays light
+    import torch
+    from torch import nn
 
 EVALUATOR_METRICS = ("mr", "iip", "feature_distance")  # the metrics that take evaluator=CHECKPOINT
 
@@ -190,6 +194,8 @@ def decoded_inputs() -> Iterator[None]:
 def check_pair(original: torch.Tensor, reconstruction: torch.Tensor, data_range: float = 1.0) -> None:
     """Raise ``ValueError`` unless both are float32/64 NCHW tensors of one shape, 1 or 3 channels, with values
     in [0, data_range] (NaN refused); warn when all values lie in [0, 1] but ``data_range`` is 2 or more."""
+    import torch
+
     for name, t in (("original", original), ("reconstruction", reconstruction)):
         if not isinstance(t, torch.Tensor) or not t.is_floating_point():
             raise ValueError(f"{name}: expected a float tensor, got {getattr(t, 'dtype', type(t))}")

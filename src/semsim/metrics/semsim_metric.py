@@ -21,15 +21,9 @@ from torch import nn
 from semsim.data.label_import import is_human
 from semsim.errors import MetricUnavailable
 from semsim.learned.model import load_semsim
-from semsim.metrics.registry import check_pair, register_metric
+from semsim.metrics.registry import check_pair
 
 
-@register_metric(
-    "semsim",
-    higher_is_more_leakage=False,
-    default=False,
-    description="SemSim: L2 distance of learned embeddings (needs a model from `semsim train`)",
-)
 class SemSimMetric(nn.Module):
     """``SemSim(x, x') = ||f(x) - f(x')||_2`` with ``f`` a trained SemSim network (``model``: its folder)."""
 
