@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -41,7 +42,7 @@ def print_heldout(per_set: pd.DataFrame, summary: dict, base: dict, level: float
                       f"{r['predicted']:.3f} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
                       "yes" if r["covered"] else "NO", f"{r['bias']:+.3f}", _fmt(r["auroc"]), _fmt(r["brier"]),
                       _fmt(r["ece"]))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # files, pipes: no cramped columns
     typer.echo("ECE bin counts (10 equal-width bins of P(recognized)): "
                + "; ".join(f"{r['set']}: {r['ece_bins']}" for _, r in per_set.iterrows()))
     for row in (summary, base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -28,7 +29,7 @@ def print_estimates(est: pd.DataFrame, level: float) -> None:
         table.add_row(str(r["set"]), str(r["n_images"]), str(r["n_labeled"]),
                       f"{r['estimate']:.3f} " + ("(no interval)" if np.isnan(r["ci_low"]) else
                                                  f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"), alone, r["method"])
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)  # files, pipes: no cramped columns
 
 
 def print_budget(est: pd.DataFrame, half_width: float, correlation: float, level: float) -> None:
