@@ -35,7 +35,10 @@ def _count_matrix(units: Iterable[Sequence[Hashable]]) -> np.ndarray:
 def fleiss_kappa(units: Iterable[Sequence[Hashable]]) -> float:
     """Fleiss' kappa of nominal judgments (NaN when undefined: fewer than one unit with 2+ judgments, or
     every judgment in a single category)."""
-    counts = _count_matrix(units)
+    return _fleiss(_count_matrix(units))
+
+
+def _fleiss(counts: np.ndarray) -> float:
     if counts.shape[0] == 0:
         return float("nan")
     n_i = counts.sum(axis=1)
@@ -50,7 +53,10 @@ def fleiss_kappa(units: Iterable[Sequence[Hashable]]) -> float:
 
 def krippendorff_alpha_nominal(units: Iterable[Sequence[Hashable]]) -> float:
     """Krippendorff's alpha with the nominal difference metric (NaN when undefined)."""
-    counts = _count_matrix(units)
+    return _alpha(_count_matrix(units))
+
+
+def _alpha(counts: np.ndarray) -> float:
     if counts.shape[0] == 0:
         return float("nan")
     m_u = counts.sum(axis=1)
@@ -68,10 +74,6 @@ def krippendorff_alpha_nominal(units: Iterable[Sequence[Hashable]]) -> float:
 
 def agreement(units: Iterable[Sequence[Hashable]]) -> dict[str, float]:
     """Both statistics plus the number of units (with 2+ judgments) they rest on."""
-    units = [list(u) for u in units]
-    return {
-        "fleiss_kappa": fleiss_kappa(units),
-        "krippendorff_alpha": krippendorff_alpha_nominal(units),
-        "n_units": sum(len(u) >= 2 for u in units),
-    }
+    counts = _count_matrix(units)
+    return {"fleiss_kappa": _fleiss(counts), "krippendorff_alpha": _alpha(counts), "n_units": counts.shape[0]}
 

@@ -254,7 +254,8 @@ def create_app(db_url: str | os.PathLike, session_hours: float = sessions.DEFAUL
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"ok": True}
+        batches = writer.batches
+        return {"ok": True, "batch_mean": sum(batches) / len(batches) if batches else None}
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request) -> Response:

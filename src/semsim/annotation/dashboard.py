@@ -1,12 +1,15 @@
 """What the admin sees: progress per set and annotator, gold accuracy, agreement, disputed and flagged items.
 
-Flagged (broken image) and skipped answers are counted apart and left out of the judgments.
+Flagged (broken image) and skipped answers are counted apart and left out of the judgments. Plain Python over
+the answer rows (one query): a study of 10,000 answers is summarised in well under a second.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -15,111 +18,138 @@ from semsim.annotation.agreement import agreement
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
 from semsim.annotation.project import FLAG, NOT_JUDGMENTS, SKIP, ProjectInfo, project_info
 
-ANSWER_COLUMNS = ["answer_id", "item_id", "set", "image_id", "label", "gold", "gold_answer", "annotator_id",
-                  "annotator", "value", "created"]
+
+class AnswerRow(NamedTuple):
+    answer_id: int
+    item_id: int
+    set: str
+    image_id: str
+    label: int | None
+    gold: bool
+    gold_answer: int | None
+    annotator_id: int
+    annotator: str
+    value: int
+    created: str  # ISO 8601 UTC, e.g. 2026-12-01T10:00:00.123456
+
+
+def answer_rows(db: Database) -> list[AnswerRow]:
+    """Every answer with its item and annotator, in submission order, flags and skips included (-2, -3).
+
+    The time comes as text (no per-row date parsing: that was most of the dashboard's time)."""
+    query = (select(Answer.id, Answer.item_id, Item.set, Item.image_id, Item.label, Item.gold, Item.gold_answer,
+                    Answer.annotator_id, Annotator.name, Answer.value, Answer.created)
+             .join(Item, Item.id == Answer.item_id).join(Annotator, Annotator.id == Answer.annotator_id)
+             .order_by(Answer.id))
+    with db.connect() as s:  # the driver's own rows: SQLAlchemy's per-row type processing is skipped
+        rows = s.exec_driver_sql(str(query.compile(s.engine))).fetchall()
+    return [AnswerRow(*r[:5], bool(r[5]), *r[6:10], str(r[10]).replace(" ", "T")) for r in rows]
 
 
 def answers_frame(db: Database) -> pd.DataFrame:
-    """Every answer with its item and annotator (one row per answer, in submission order), flags and skips
-    included (``value`` -2 and -3)."""
-    with db.connect() as s:
-        rows = s.execute(select(Answer.id, Answer.item_id, Item.set, Item.image_id, Item.label, Item.gold,
-                                Item.gold_answer, Answer.annotator_id, Annotator.name, Answer.value,
-                                Answer.created)
-                         .join(Item, Item.id == Answer.item_id)
-                         .join(Annotator, Annotator.id == Answer.annotator_id)
-                         .order_by(Answer.id)).all()
-    frame = pd.DataFrame(rows, columns=ANSWER_COLUMNS)
-    frame["gold"] = frame["gold"].astype(bool)
-    return frame
+    """:func:`answer_rows` as a DataFrame (one row per answer)."""
+    return pd.DataFrame(answer_rows(db), columns=list(AnswerRow._fields))
 
 
-def judgments(answers: pd.DataFrame) -> pd.DataFrame:
+def judgments(rows: Iterable[AnswerRow]) -> list[AnswerRow]:
     """The answers that are judgments (flags and skips left out)."""
-    return answers[~answers["value"].isin(NOT_JUDGMENTS)]
+    return [r for r in rows if r.value not in NOT_JUDGMENTS]
 
 
-def _agreement_rows(answers: pd.DataFrame, info: ProjectInfo) -> dict[str, float]:
-    units = answers.groupby("item_id")["value"].agg(list).tolist()
-    out = {f"answers_{k}": v for k, v in agreement(units).items()}
-    recognized = [info.recognized(v, lab) for v, lab in zip(answers["value"], answers["label"], strict=True)]
-    rec_units = pd.Series(recognized, index=answers.index).groupby(answers["item_id"]).agg(list).tolist()
-    out.update({f"recognized_{k}": v for k, v in agreement(rec_units).items() if k != "n_units"})
+def _agreement_rows(rows: list[AnswerRow], info: ProjectInfo) -> dict[str, float]:
+    units: dict[int, list[int]] = defaultdict(list)
+    recognized: dict[int, list[bool]] = defaultdict(list)
+    for r in rows:
+        units[r.item_id].append(r.value)
+        recognized[r.item_id].append(info.recognized(r.value, r.label))
+    out = {f"answers_{k}": v for k, v in agreement(units.values()).items()}
+    out.update({f"recognized_{k}": v for k, v in agreement(recognized.values()).items() if k != "n_units"})
     return out
 
 
-def _set_rows(items: pd.DataFrame, answers: pd.DataFrame, info: ProjectInfo) -> list[dict]:
-    regular = judgments(answers[~answers["gold"]])
-    counts = regular.groupby("item_id").size()
-    actions = answers[answers["value"].isin(NOT_JUDGMENTS)].groupby(["set", "value"]).size()
-    by_set = dict(tuple(regular.groupby("set")))
-    rows = []
-    for name, group in items[~items["gold"]].groupby("set"):
-        n = counts.reindex(group["item_id"]).fillna(0)
-        rows.append({"set": name, "items": len(group), "answers": int(n.sum()),
-                     "needed": len(group) * info.per_item, "complete": int((n >= info.per_item).sum()),
-                     "flagged": int(actions.get((name, FLAG), 0)), "skipped": int(actions.get((name, SKIP), 0)),
-                     **_agreement_rows(by_set.get(name, regular.iloc[:0]), info)})
-    return rows
+def _set_rows(items: list[tuple[int, str]], rows: list[AnswerRow], regular: list[AnswerRow],
+              info: ProjectInfo) -> list[dict]:
+    counts = Counter(r.item_id for r in regular)
+    actions = Counter((r.set, r.value) for r in rows if r.value in NOT_JUDGMENTS and not r.gold)
+    by_set: dict[str, list[AnswerRow]] = defaultdict(list)
+    for r in regular:
+        by_set[r.set].append(r)
+    members: dict[str, list[int]] = defaultdict(list)
+    for item_id, name in items:
+        members[name].append(item_id)
+    out = []
+    for name in sorted(members):
+        n = [counts[i] for i in members[name]]
+        out.append({"set": name, "items": len(n), "answers": sum(n), "needed": len(n) * info.per_item,
+                    "complete": sum(k >= info.per_item for k in n), "flagged": actions[(name, FLAG)],
+                    "skipped": actions[(name, SKIP)], **_agreement_rows(by_set[name], info)})
+    return out
 
 
-def _annotator_rows(db: Database, answers: pd.DataFrame) -> list[dict]:
+def _annotator_rows(db: Database, rows: list[AnswerRow]) -> list[dict]:
     with db.connect() as s:
         people = s.execute(select(Annotator.id, Annotator.name, Annotator.is_admin, Annotator.active,
                                   Annotator.imported)).all()
         assigned = dict(s.execute(select(Assignment.annotator_id, func.count())
                                   .group_by(Assignment.annotator_id)).all())
-    by_person = dict(tuple(answers.groupby("annotator_id")))
-    rows = []
+    by_person: dict[int, list[AnswerRow]] = defaultdict(list)
+    for r in rows:
+        by_person[r.annotator_id].append(r)
+    out = []
     for aid, name, is_admin, active, imported in people:
         if is_admin:
             continue
-        mine = by_person.get(aid, answers.iloc[:0])
-        gold = judgments(mine[mine["gold"]])
-        rows.append({
+        mine = by_person[aid]
+        gold = judgments(r for r in mine if r.gold)
+        out.append({
             "name": name, "active": active, "imported": imported, "assigned": int(assigned.get(aid, 0)),
             "done": len(mine), "gold_answered": len(gold),
-            "gold_accuracy": float((gold["value"] == gold["gold_answer"]).mean()) if len(gold) else float("nan"),
-            "flagged": int((mine["value"] == FLAG).sum()), "skipped": int((mine["value"] == SKIP).sum()),
-            "last": mine["created"].max() if len(mine) else None,
+            "gold_accuracy": sum(r.value == r.gold_answer for r in gold) / len(gold) if gold else float("nan"),
+            "flagged": sum(r.value == FLAG for r in mine), "skipped": sum(r.value == SKIP for r in mine),
+            "last": max(r.created for r in mine) if mine else None,
         })
-    return rows
+    return out
 
 
-def _disputed(regular: pd.DataFrame, info: ProjectInfo, n: int) -> list[dict]:
-    if not len(regular):
-        return []
+def _tally_text(values: list[int], info: ProjectInfo) -> str:
+    return ", ".join(f"{info.text(v)} x{c}" for v, c in Counter(values).most_common())
+
+
+def _disputed(regular: list[AnswerRow], info: ProjectInfo, n: int) -> list[dict]:
+    values: dict[int, list[int]] = defaultdict(list)
+    meta = {}
+    for r in regular:
+        values[r.item_id].append(r.value)
+        meta[r.item_id] = (r.set, r.image_id)
     scored = []
-    for (item_id, set_name, image_id), values in regular.groupby(["item_id", "set", "image_id"])["value"]:
-        values = values.tolist()
-        if len(values) < 2:
-            continue
-        top_share = Counter(values).most_common(1)[0][1] / len(values)
-        scored.append((1.0 - top_share, len(values), item_id, set_name, image_id, values))
+    for item_id, vals in values.items():
+        if len(vals) >= 2:
+            dispute = 1.0 - Counter(vals).most_common(1)[0][1] / len(vals)
+            scored.append((dispute, len(vals), item_id))
     scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
-    return [{"item_id": int(item_id), "set": set_name, "image_id": image_id, "dispute": dispute, "n": count,
-             "answers": ", ".join(f"{info.text(v)} x{c}" for v, c in Counter(values).most_common())}
-            for dispute, count, item_id, set_name, image_id, values in scored[:n] if dispute > 0]
+    return [{"item_id": item_id, "set": meta[item_id][0], "image_id": meta[item_id][1], "dispute": dispute,
+             "n": count, "answers": _tally_text(values[item_id], info)}
+            for dispute, count, item_id in scored[:n] if dispute > 0]
 
 
-def _flagged(answers: pd.DataFrame) -> list[dict]:
-    flags = answers[answers["value"] == FLAG]
-    return [{"item_id": int(item_id), "set": set_name, "image_id": image_id, "by": ", ".join(group["annotator"])}
-            for (item_id, set_name, image_id), group in flags.groupby(["item_id", "set", "image_id"])]
+def _flagged(rows: list[AnswerRow]) -> list[dict]:
+    by_item: dict[int, list[AnswerRow]] = defaultdict(list)
+    for r in rows:
+        if r.value == FLAG:
+            by_item[r.item_id].append(r)
+    return [{"item_id": item_id, "set": flags[0].set, "image_id": flags[0].image_id,
+             "by": ", ".join(r.annotator for r in flags)} for item_id, flags in sorted(by_item.items())]
 
 
 def dashboard(db: Database, n_disputed: int = 20) -> dict:
     """Everything the admin page shows: progress per set and annotator, gold accuracy, agreement, disputes,
     the items flagged as broken."""
     info = project_info(db)
-    answers = answers_frame(db)
+    rows = answer_rows(db)
     with db.connect() as s:
-        items = pd.DataFrame(s.execute(select(Item.id, Item.set, Item.image_id, Item.gold)
-                                       .where(~Item.example)).all(),
-                             columns=["item_id", "set", "image_id", "gold"])
-    items["gold"] = items["gold"].astype(bool)
-    regular = judgments(answers[~answers["gold"]])
-    return {"info": info, "overall": _agreement_rows(regular, info), "sets": _set_rows(items, answers, info),
-            "annotators": _annotator_rows(db, answers), "disputed": _disputed(regular, info, n_disputed),
-            "flagged": _flagged(answers), "n_answers": len(regular), "n_items": int((~items["gold"]).sum()),
+        items = [(i, name) for i, name in s.execute(select(Item.id, Item.set).where(~Item.example, ~Item.gold))]
+    regular = judgments(r for r in rows if not r.gold)
+    return {"info": info, "overall": _agreement_rows(regular, info), "sets": _set_rows(items, rows, regular, info),
+            "annotators": _annotator_rows(db, rows), "disputed": _disputed(regular, info, n_disputed),
+            "flagged": _flagged(rows), "n_answers": len(regular), "n_items": len(items),
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}

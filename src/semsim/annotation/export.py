@@ -19,16 +19,17 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from semsim.annotation.dashboard import answers_frame, judgments
+from semsim.annotation.dashboard import AnswerRow, answer_rows, judgments
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
 from semsim.annotation.project import FLAG, SKIP, ProjectInfo, hash_secret, project_info
-from semsim.common.io import atomic_write, write_json
+from semsim.common.io import atomic_write
 from semsim.errors import SemsimError
 
 SEMSIM_ID = re.compile(r"^(?P<idx>\d+)_-?\d+$")
@@ -41,25 +42,28 @@ def label_table(db: Database) -> pd.DataFrame:
     from semsim.data.labels import validate_labels  # the data package imports torch: only when exporting
 
     info = project_info(db)
-    answers = answers_frame(db)
-    answers = answers[~answers["gold"]]
-    actions = answers.groupby(["item_id", "value"]).size()
+    rows = [r for r in answer_rows(db) if not r.gold]
+    actions = Counter((r.item_id, r.value) for r in rows)
+    values: dict[int, list[int]] = {}
+    for r in judgments(rows):
+        values.setdefault(r.item_id, []).append(r.value)
     with db.read() as s:
-        items = {r.id: r for r in s.scalars(select(Item).where(~Item.gold, ~Item.example))}
-    rows = []
-    for item_id, group in judgments(answers).groupby("item_id", sort=False):
+        items = {r.id: r for r in s.execute(select(Item.id, Item.set, Item.image_id, Item.original,
+                                                    Item.reconstruction, Item.label)
+                                             .where(~Item.gold, ~Item.example))}
+    table_rows = []
+    for item_id, judged in values.items():
         item = items[item_id]
-        values = [int(v) for v in group["value"]]
         row = {"set": item.set, "image_id": item.image_id, "original": item.original,
                "reconstruction": item.reconstruction,
-               "recognized": sum(info.recognized(v, item.label) for v in values) / len(values),
-               "n_judges": len(values), "label_source": f"human:{info.study}", "label": item.label,
-               "n_flagged": int(actions.get((item_id, FLAG), 0)), "n_skipped": int(actions.get((item_id, SKIP), 0))}
-        row.update({f"judge_{k + 1}": v for k, v in enumerate(values)})
-        rows.append(row)
-    if not rows:
+               "recognized": sum(info.recognized(v, item.label) for v in judged) / len(judged),
+               "n_judges": len(judged), "label_source": f"human:{info.study}", "label": item.label,
+               "n_flagged": actions[(item_id, FLAG)], "n_skipped": actions[(item_id, SKIP)]}
+        row.update({f"judge_{k + 1}": v for k, v in enumerate(judged)})
+        table_rows.append(row)
+    if not table_rows:
         raise SemsimError(f"{db.url}: no answers yet; nothing to export")
-    table = pd.DataFrame(rows).sort_values(["set", "image_id"]).reset_index(drop=True)
+    table = pd.DataFrame(table_rows).sort_values(["set", "image_id"]).reset_index(drop=True)
     judges = [c for c in table.columns if c.startswith("judge_")]
     table[judges] = table[judges].astype("Int64")
     table["label"] = table["label"].astype("Int64")
@@ -116,25 +120,22 @@ def export_folders(db: Database, out: str | os.PathLike) -> Path:
     return out
 
 
-def _labelstudio_annotation(row: tuple, info: ProjectInfo) -> dict:
-    answer_id, annotator_id, name, value, created = row
-    ann = {"id": int(answer_id), "completed_by": int(annotator_id), "created_username": name,
-           "created_at": created.isoformat() + "Z"}
-    if value == SKIP:  # Label Studio's own way of recording a skipped task
+def _labelstudio_annotation(row: AnswerRow, info: ProjectInfo) -> dict:
+    ann = {"id": row.answer_id, "completed_by": row.annotator_id, "created_username": row.annotator,
+           "created_at": row.created + "Z"}
+    if row.value == SKIP:  # Label Studio's own way of recording a skipped task
         return {**ann, "was_cancelled": True, "result": []}
     return {**ann, "result": [{"from_name": "choice", "to_name": "image", "type": "choices",
-                               "value": {"choices": [info.text(int(value))]}}]}
+                               "value": {"choices": [info.text(row.value)]}}]}
 
 
 def labelstudio_tasks(db: Database) -> list[dict]:
     """Label Studio tasks (one per item, gold items flagged) with every answer as a ``choices`` annotation
     (a flag as the choice "broken image", a skip as a cancelled annotation)."""
     info = project_info(db)
-    answers = answers_frame(db)
     by_item: dict[int, list[dict]] = {}
-    columns = ["answer_id", "annotator_id", "annotator", "value", "created"]
-    for item_id, *row in zip(answers["item_id"], *(answers[c] for c in columns), strict=True):
-        by_item.setdefault(int(item_id), []).append(_labelstudio_annotation(tuple(row), info))
+    for row in answer_rows(db):
+        by_item.setdefault(row.item_id, []).append(_labelstudio_annotation(row, info))
     with db.read() as s:
         items = s.execute(select(Item.id, Item.reconstruction, Item.original, Item.set, Item.image_id,
                                  Item.label, Item.gold).where(~Item.example).order_by(Item.id)).all()
@@ -144,7 +145,11 @@ def labelstudio_tasks(db: Database) -> list[dict]:
 
 
 def export_labelstudio(db: Database, path: str | os.PathLike) -> Path:
-    return write_json(labelstudio_tasks(db), path)
+    """Write the Label Studio tasks as one compact JSON list, atomically."""
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(labelstudio_tasks(db), separators=(",", ":")))
+    return path
 
 
 def _annotator_name(ann: dict) -> str:
