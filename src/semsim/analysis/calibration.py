@@ -254,12 +254,13 @@ def evaluate_probabilities(p: np.ndarray, out: Outcomes, target: str = "majority
 
 
 def split_sets(sets: pd.Series, holdout: str | None) -> list[tuple[str, np.ndarray]]:
-    """Folds as (name, held-out mask): the sets matching the regex ``holdout`` (one fold), or, without it,
-    each set in turn (leave-one-configuration-out)."""
+    """Folds as (name, held-out mask): the sets matching the regex ``holdout`` (searched ignoring case, so
+    ``ConvNet`` matches ``cifar100/convnet/...``; one fold), or, without it, each set in turn
+    (leave-one-configuration-out)."""
     sets = sets.astype(str).to_numpy()
     if holdout:
         try:
-            test = np.array([re.search(holdout, s) is not None for s in sets])
+            test = np.array([re.search(holdout, s, re.IGNORECASE) is not None for s in sets])
         except re.error as exc:
             raise SemsimError(f"--holdout {holdout!r}: not a regular expression ({exc})") from None
         if test.all() or not test.any():
