@@ -11,6 +11,7 @@ import torch
 SHARED_DATA = Path(os.environ.get("SEMSIM_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("SEMSIM_OFFLINE", "1")  # tests never fetch weights; tests/test_weights_download.py turns it off
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import torch
 from conftest import shared_path
 from semsim.data.images import load_images
 from semsim.metrics import MetricUnavailable, create, fid_from_features, metric_info
-from semsim.metrics.fid import FID, INCEPTION_FILES
+from semsim.metrics.fid import FID, INCEPTION_FILES, KID, frechet_distance, kid_from_features
 from semsim.metrics.scoring import build_metrics, score_manifest
 from semsim.models.backbones import InceptionV3Features
 
@@ -132,3 +132,83 @@ def test_fid_in_score_manifest_caches_shared_originals(tmp_path):
     assert result.per_set.loc[0, "fid"] == pytest.approx(0, abs=1e-6)  # set a: reconstruction == original
     assert result.per_set.loc[1, "fid"] > 0.1
     assert sum(calls) == 40 + 80  # the 40 shared originals went through the extractor once, not twice
+
+
+def reference_mmd2(f1: np.ndarray, f2: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(x, y) = (x.y / d + 1)^3, written as the three double sums (Gretton et al. 2012):
+    the mean of k over distinct pairs within each side minus twice the mean over all cross pairs."""
+    f1, f2 = f1.astype(np.float64), f2.astype(np.float64)
+    d = f1.shape[1]
+
+    def k(a, b):
+        return (np.einsum("id,jd->ij", a, b) / d + 1.0) ** 3
+
+    m = len(f1)
+    off = ~np.eye(m, dtype=bool)
+    return float(k(f1, f1)[off].mean() + k(f2, f2)[off].mean() - 2 * k(f1, f2).mean())
+
+
+def test_kid_equals_float64_reference_and_torchmetrics_on_real_images():
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    x, y = _cifar(120, 0), _cifar(120, 5000)
+    extractor = Projection()
+    with torch.no_grad():
+        fx, fy = extractor(x).double().numpy(), extractor(y).double().numpy()
+    # subsets as large as the set: one deterministic estimate
+    metric = create("kid", feature_extractor=extractor, subset_size=1000)
+    assert isinstance(metric, KID) and metric_info("kid").level == "set" and not metric_info("kid").default
+    metric.update(x[:70], y[:70])
+    metric.update(x[70:], y[70:])
+    out = metric.compute()
+    assert out["kid"] == pytest.approx(reference_mmd2(fx, fy), rel=1e-6) and out["kid_std"] == 0.0
+
+    class Identity(torch.nn.Module):
+        def forward(self, f):
+            return f
+
+    tm = KernelInceptionDistance(feature=Identity(), subsets=2, subset_size=120)
+    tm.update(torch.from_numpy(fx), real=True)
+    tm.update(torch.from_numpy(fy), real=False)
+    assert out["kid"] == pytest.approx(float(tm.compute()[0]), rel=1e-6)
+    # random subsets: the same draws written out here (numpy default_rng(seed), originals then reconstructions)
+    mean, std = kid_from_features(fx, fy, subsets=5, subset_size=50, seed=3)
+    rng = np.random.default_rng(3)
+    draws = []
+    for _ in range(5):
+        i, j = rng.choice(120, 50, replace=False), rng.choice(120, 50, replace=False)
+        draws.append(reference_mmd2(fx[i], fy[j]))
+    assert mean == pytest.approx(np.mean(draws), rel=1e-9) and std == pytest.approx(np.std(draws), rel=1e-9)
+    assert std > 0
+    noisy = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    with torch.no_grad():
+        fn = extractor(noisy).double().numpy()
+    assert kid_from_features(fx, fn)[0] < out["kid"]  # noise keeps the statistics closer than unrelated images
+    assert kid_from_features(fx, fx)[0] < 0  # unbiased: a set against itself lies below 0, not clamped
+
+
+def test_fid_is_clamped_at_zero_and_refuses_nan_features():
+    x = _cifar(40, 0)
+    with torch.no_grad():
+        f = Projection()(x).double().numpy()
+    mu, cov = f.mean(0), np.cov(f, rowvar=False)
+    assert frechet_distance(mu, cov, mu, cov) == 0.0  # rounding would give about -1e-15
+    assert fid_from_features(f, f) >= 0.0
+    bad = f.copy()
+    bad[[3, 7], 0] = np.nan
+    for fn in (fid_from_features, kid_from_features):
+        with pytest.raises(ValueError, match="2 of 40 second feature rows hold NaN or inf") as err:
+            fn(f, bad)
+        assert "\n" not in str(err.value)
+
+    class Broken(Projection):
+        def forward(self, images):
+            out = super().forward(images)
+            out[0, 0] = float("nan")
+            return out
+
+    for cls in (FID, KID):
+        metric = cls(feature_extractor=Broken())
+        metric.update(x, x)
+        with pytest.raises(ValueError, match="NaN or inf"):
+            metric.compute()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,3 +192,43 @@ def test_safetensors_and_folder_paths(weights_dir, tmp_path, pairs):
     from_folder = LPIPS("alex", weights=tmp_path, lin_weights=weights_dir)(x, y)  # folders are searched
     from_pth = LPIPS("alex", weights=weights_dir / BACKBONE_FILES["alex"][0], lin_weights=heads)(x, y)
     assert torch.equal(from_safetensors, from_pth) and torch.equal(from_folder, from_pth)
+
+
+def test_unmapped_256_convention_matches_the_reference_code_pipeline(weights_dir, pairs):
+    """The SemSim reference code: PIL Resize(256) + ToTensor() images in [0, 1], fed to LPIPS-squeeze without
+    the [-1, 1] mapping. Reference written here: PIL resizing of the 8-bit images, then the formula."""
+    from PIL import Image
+
+    x, y = pairs[0][:3], pairs[1][:3]
+    backbone = weights_dir / BACKBONE_FILES["squeeze"][0]
+    heads = weights_dir / "lpips" / "v0.1" / "squeeze.pth"
+    raw = LPIPS("squeeze", weights=backbone, lin_weights=heads, map_to_pm1=False, resize=256)
+    ours = raw(x, y)
+
+    def pil_resized(t: torch.Tensor) -> torch.Tensor:
+        arrays = [(img.permute(1, 2, 0).numpy() * 255).round().astype("uint8") for img in t]
+        resized = [torch.from_numpy(np.asarray(Image.fromarray(a).resize((256, 256), Image.BILINEAR)).copy())
+                   for a in arrays]
+        return torch.stack(resized).permute(0, 3, 1, 2).float() / 255
+
+    state = torch.load(backbone, weights_only=True)
+    lin = torch.load(heads, weights_only=True, map_location="cpu")
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    fx, fy = (_reference_features("squeeze", state, (pil_resized(t) - shift) / scale) for t in (x, y))
+    ref = torch.zeros(len(x), dtype=torch.float64)
+    for k, (a, b) in enumerate(zip(fx, fy, strict=True)):
+        a, b = a.double(), b.double()
+        a = a / (a.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        b = b / (b.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        ref += ((a - b).pow(2) * lin[f"lin{k}.model.1.weight"].double().view(1, -1, 1, 1)).sum(1).mean((1, 2))
+    assert torch.allclose(ours.double(), ref, rtol=1e-2), (ours, ref)  # PIL rounds its resized pixels (0.2% here)
+    registered = create("lpips_squeeze_raw256", weights=backbone, lin_weights=heads)
+    assert not registered.map_to_pm1 and registered.resize == 256 and not metric_info("lpips_squeeze_raw256").default
+    standard = LPIPS("squeeze", weights=backbone, lin_weights=heads)(x, y)
+    assert float(((ours - standard).abs() / standard).max()) > 0.05  # a different convention, not a rounding
+    assert torch.allclose(lpips(x, y, "squeeze", weights=backbone, lin_weights=heads, map_to_pm1=False,
+                                resize=256), ours)
+    plain = LPIPS("squeeze", weights=backbone, lin_weights=heads)
+    grey, rgb = x[:, :1], x[:, :1].expand(-1, 3, -1, -1)  # a grey image is scored as its RGB repetition
+    assert torch.allclose(plain(grey, y[:, :1]), plain(rgb, y[:, :1].expand(-1, 3, -1, -1)))

@@ -280,6 +280,16 @@ def ms_ssim(
     return result
 
 
+COLOR_METRICS = ("mse", "psnr", "ssim", "ms_ssim")  # the registered metrics that take color=
+
+
+def color_options(color: str = "rgb") -> dict[str, dict[str, str]]:
+    """Per-metric options putting every colour-aware metric of a panel in colour space ``color``."""
+    if color not in COLORS:
+        raise ValueError(f"unknown color '{color}'; use one of {', '.join(COLORS)}")
+    return {} if color == "rgb" else {name: {"color": color} for name in COLOR_METRICS}
+
+
 # ---- registered metrics ----------------------------------------------------------------------------------
 
 
@@ -303,17 +313,17 @@ class PSNR(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return psnr(original, reconstruction, self.data_range, color=self.color)
 
+
+class SSIM(_PixelMetric):
     min_size = 2 * ssim_window_radius() + 1  # smallest image side: one whole Gaussian window (11 pixels)
 
-
-    min_size = SKIMAGE_WIN  # smallest image side: one whole 7x7 window
-class SSIM(_PixelMetric):
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return ssim(original, reconstruction, self.data_range, color=self.color)
 
 
 class SSIMSkimage(nn.Module):
     cpu_threads = 1
+    min_size = SKIMAGE_WIN  # smallest image side: one whole 7x7 window
 
     def __init__(self, data_range: float = 1.0) -> None:
         super().__init__()

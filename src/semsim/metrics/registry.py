@@ -109,10 +109,16 @@ BUILTIN_METRICS: tuple[MetricInfo, ...] = (
     _builtin("lpips_vgg", "lpips:LPIPS", False, _LPIPS.format("VGG16", "vgg16-397923af.pth"), net="vgg"),
     _builtin("lpips_squeeze", "lpips:LPIPS", False, _LPIPS.format("SqueezeNet 1.1", "squeezenet1_1-b8a52dc0.pth"),
              net="squeeze"),
+    _builtin("lpips_squeeze_raw256", "lpips:LPIPS", False, "LPIPS-squeeze as the SemSim reference code scores it: "
+             "[0, 1] images fed without the [-1, 1] mapping, resized to 256 px", net="squeeze", map_to_pm1=False,
+             resize=256, default=False),
     _builtin("semsim", "semsim_metric:SemSimMetric", False,
              "SemSim: L2 distance of learned embeddings (needs a model from `semsim train`)", default=False),
     _builtin("fid", "fid:FID", False, "Fréchet Inception Distance per set (Heusel et al. 2017); needs "
              "pt_inception-2015-12-05-6726825d.pth; biased on small sets", level="set"),
+    _builtin("kid", "fid:KID", False, "Kernel Inception Distance per set (Binkowski et al. 2018, as torchmetrics): "
+             "unbiased MMD^2, cubic polynomial kernel, mean and std over subsets", level="set",
+             columns={"kid": False, "kid_std": False}, default=False),
     _builtin("mr", "model_based:ModelRecognition", True, "model-based recognition: an evaluation classifier's "
              "accuracy on the reconstructions", level="set", columns=_MR_COLUMNS, needs_labels=True,
              default=False),
