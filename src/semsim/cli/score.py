@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from semsim.cli.options import Device, Quiet, Threads
-
 from semsim.errors import SemsimError
 
 if TYPE_CHECKING:
@@ -103,6 +102,11 @@ def score(
                                                      )] = None,
     allow_out_of_range: Annotated[bool, typer.Option("--allow-out-of-range", help="apply the calibration even "
                                                      "when most values lie outside its fitted range")] = False,
+    color: Annotated[str, typer.Option(help="colour space of mse, psnr, ssim and ms_ssim: rgb (every channel), "
+                                       "gray (MATLAB rgb2gray, as MATLAB and IQA-PyTorch score SSIM) or y "
+                                       "(BT.601 luma, IQA-PyTorch's test_y_channel)")] = "rgb",
+    no_download: Annotated[bool, typer.Option("--no-download", help="never fetch pretrained weights (LPIPS, "
+                                              "FID); the same as SEMSIM_OFFLINE=1")] = False,
 ) -> None:
     """Score reconstructions against their originals with the metric panel.
 
@@ -113,8 +117,17 @@ def score(
     from semsim.common.io import TABLE_SUFFIXES
     from semsim.data.sets import ingest
     from semsim.metrics.calibrated import load_calibration
+    from semsim.metrics.pixel import color_options
     from semsim.metrics.scoring import score_sets
 
+    if color not in ("rgb", "gray", "y"):
+        raise SemsimError(f"--color {color}: use rgb, gray or y")
+    if no_download:
+        import os
+
+        from semsim.models.weights import OFFLINE_ENV
+
+        os.environ[OFFLINE_ENV] = "1"
     if out is not None:
         check_writable(out, TABLE_SUFFIXES)
     cal = load_calibration(calibration) if calibration is not None else None
@@ -123,8 +136,11 @@ def score(
     manifest, skipped = ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad)
     result = score_sets(manifest, [m.strip() for m in metrics.split(",")] if metrics else None,
                         evaluator=evaluator, semsim=semsim_model, calibration=cal, skipped=skipped, device=device,
+                        options=color_options(color),
                         batch_size=batch_size, skip_bad=skip_bad, show_progress=not quiet,
                         allow_out_of_range=allow_out_of_range)
+    if color != "rgb":
+        result.notes.append(f"mse, psnr, ssim and ms_ssim are computed on the {color} image (--color {color})")
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if len(result.skipped):
