@@ -473,12 +473,15 @@ def label_budget(half_width: float, correlation: float, rate: float = 0.5, n_ima
     """
     if not 0 < half_width < 1:
         raise SemsimError(f"half-width {half_width}: give a number between 0 and 1, e.g. 0.05")
+    if not (np.isfinite(correlation) and 0 <= rate <= 1):
+        raise SemsimError(f"label budget: correlation {correlation} and rate {rate} must be numbers, the rate in "
+                          "[0, 1]")
     z2s2 = float(stats.norm.ppf(0.5 + level / 2)) ** 2 * rate * (1 - rate)
     h2, r2 = half_width ** 2, min(max(correlation, 0.0), 1.0) ** 2
-    alone = int(np.ceil(z2s2 / h2))
+    alone = max(1, int(np.ceil(z2s2 / h2)))
     if n_images is None:
-        return int(np.ceil(z2s2 * (1 - r2) / h2)), alone
+        return max(1, int(np.ceil(z2s2 * (1 - r2) / h2))), alone
     # N = M - n: z^2 s^2 ((1 - rho^2) / n + rho^2 / M) = half_width^2
     m = float(n_images)
     ppi = z2s2 * (1 - r2) / (h2 - z2s2 * r2 / m) if h2 > z2s2 * r2 / m else m
-    return int(min(np.ceil(ppi), n_images)), int(min(alone, n_images))
+    return max(1, int(min(np.ceil(ppi), n_images))), max(1, min(alone, n_images))
