@@ -14,7 +14,7 @@ It holds a monotone map from the aligned metric values (larger = more leakage) t
 Besides the map it stores bootstrap refits (``params["draws"]``: the fit's own uncertainty) and the
 residuals ``observed - predicted`` of the training sets' recognition rates when each set was left out of
 the fit in turn (``spread``: how far the map misses on a configuration it has not seen). The expected-rate
-interval of a set combines the three sources of error (see :func:`expected_recognition`).
+interval of a set combines the three sources of error (see :func:`rate_interval`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from semsim.common.io import write_json
 from semsim.errors import SemsimError
@@ -172,6 +171,8 @@ def rate_interval(p: np.ndarray, p_draws: np.ndarray, cal: Calibration, level: f
     ``v_draw = sum p (1 - p) / n^2`` (which of the set's images people happen to recognize). With fewer than
     two left-out sets the spread is unknown and the interval is NaN.
     """
+    from scipy import stats
+
     ok = np.isfinite(p)
     q = p[ok]
     if not len(q):
