@@ -27,11 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from sklearn.metrics import roc_auc_score
 
-from semsim.common.io import atomic_write
 from semsim.common.progress import progress
+from semsim.common.train_state import load_train_state, save_train_state
 from semsim.data.images import read_arrays, to_tensor
 from semsim.data.label_import import is_human, load_labels
 from semsim.data.labels import label_sources, majority
@@ -166,31 +165,6 @@ def _score(v: dict[str, float | None], loss: float) -> float:
     return -loss
 
 
-def _save_state(path: Path, net: SemSimNet, opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
-    tensors = {f"model/{k}": v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    for name, p in net.named_parameters():
-        buf = opt.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"momentum/{name}"] = buf.detach().contiguous().cpu()
-    with atomic_write(path) as tmp:
-        save_file(tensors, tmp, metadata={"json": json.dumps(meta, default=str)})
-
-
-def _load_state(
-    path: Path, net: SemSimNet, opt: torch.optim.Optimizer, device: torch.device
-) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["json"])
-    tensors = load_file(path)
-    net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-    for name, p in net.named_parameters():
-        if f"momentum/{name}" in tensors:
-            opt.state[p]["momentum_buffer"] = tensors[f"momentum/{name}"].to(device)
-    return meta
-
-
 def data_summary(labels: pd.DataFrame, train: pd.DataFrame, val: pd.DataFrame) -> dict[str, Any]:
     """What the model was trained on, for its config.json."""
     sets = sorted(labels["set"].unique())
@@ -280,12 +254,7 @@ def train_semsim(
     start, history, best = 0, [], {"score": -float("inf"), "epoch": None, "validation": {}}
     spath = state_path(out)
     if resume and spath.is_file():
-        meta = _load_state(spath, net, opt, device)
-        if meta.get("fingerprint") != fingerprint:
-            raise SemsimError(
-                f"{spath}: a training state for other labels or settings; remove it or choose "
-                "another --out to start afresh"
-            )
+        meta = load_train_state(spath, net, opt, fingerprint)
         start, history, best = meta["epoch"] + 1, meta["history"], meta["best"]
 
     bar = progress(
@@ -343,7 +312,7 @@ def train_semsim(
                     "validation": {"epoch": epoch + 1, **best["validation"]},
                 },
             )
-        _save_state(
+        save_train_state(
             spath, net, opt, {"fingerprint": fingerprint, "epoch": epoch, "history": history, "best": best}
         )
         bar.set_postfix(loss=f"{train_loss:.3f}", auroc=f"{v['val_auroc'] or float('nan'):.3f}")

@@ -24,12 +24,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semsim.common.io import atomic_write
 from semsim.common.progress import progress
+from semsim.common.train_state import load_train_state, save_train_state
 from semsim.data.datasets import ImageDataset, channel_stats, load_dataset, subset, train_val_split
 from semsim.errors import SemsimError
 from semsim.models.checkpoint import save_checkpoint
@@ -143,36 +141,14 @@ def _fingerprint(model: nn.Module, train: ImageDataset, settings: dict[str, Any]
 
 def _save_state(state_dir: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int,
                 history: list[dict[str, Any]], fingerprint: str) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-        buf = opt.state.get(p, {}).get("momentum_buffer")
-        if buf is not None:
-            tensors[f"optimizer.momentum.{i}"] = buf.detach().cpu().contiguous()
-    meta = {"epoch": str(epoch), "history": json.dumps(history), "fingerprint": fingerprint}
-    with atomic_write(state_dir / STATE_FILE) as tmp:  # one file, renamed into place: whole or absent
-        save_file(tensors, str(tmp), metadata=meta)
+    save_train_state(state_dir / STATE_FILE, model, opt,
+                     {"epoch": epoch, "history": history, "fingerprint": fingerprint})
 
 
 def _load_state(state_dir: Path, model: nn.Module, opt: torch.optim.Optimizer,
                 fingerprint: str) -> tuple[int, list[dict[str, Any]]]:
-    path = state_dir / STATE_FILE
-    try:
-        tensors = load_file(path)
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError) as exc:
-        raise SemsimError(f"{path}: damaged training state ({exc}); start over with --restart or delete it"
-                          ) from None
-    if meta.get("fingerprint") != fingerprint:
-        raise SemsimError(f"{path}: was saved by a different training run (model, data or settings differ); "
-                          "start over with --restart, delete it, or choose another output folder")
-    device = next(model.parameters()).device
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
-        buf = tensors.get(f"optimizer.momentum.{i}")
-        if buf is not None:
-            opt.state[p]["momentum_buffer"] = buf.to(device)
-    return int(meta["epoch"]), json.loads(meta["history"])
+    meta = load_train_state(state_dir / STATE_FILE, model, opt, fingerprint)
+    return int(meta["epoch"]), meta["history"]
 
 
 def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batch_size: int = 128,
