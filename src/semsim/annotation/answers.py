@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -22,6 +22,19 @@ from semsim.errors import SemsimError
 
 MAX_ID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer
 SUBMIT_ID = re.compile(r"[!-~]{1,64}")  # printable ASCII, the form's random id or a script's own
+
+
+# built once: these run on every answer, and building a statement costs more than running it
+_FIND = (select(Assignment.id, Answer.id).outerjoin(Answer, Answer.assignment_id == Assignment.id)
+         .where(Assignment.annotator_id == bindparam("person"), Assignment.item_id == bindparam("item")))
+_INSERT = insert(Answer)
+_NEXT = (select(Assignment.item_id).outerjoin(Answer, Answer.assignment_id == Assignment.id)
+         .where(Assignment.annotator_id == bindparam("person"), Answer.id.is_(None))
+         .order_by(Assignment.position).limit(1))
+_TOTAL = select(func.count()).select_from(Assignment).where(Assignment.annotator_id == bindparam("person"))
+_DONE = select(func.count()).select_from(Answer).where(Answer.annotator_id == bindparam("person"))
+_HOLDS = select(Assignment.id).where(Assignment.annotator_id == bindparam("person"),
+                                     Assignment.item_id == bindparam("item"))
 
 
 class InvalidAnswer(SemsimError):
@@ -57,12 +70,9 @@ def store_answers(db: Database, answers: list[AnswerRequest]) -> list[bool | Not
     assignment was already answered: a duplicate) or a :class:`NotAssigned` error."""
     results: list[bool | NotAssigned] = []
     rows, seen = [], set()
-    with db.write() as s:
+    with db.write_connection() as s:
         for annotator_id, item_id, value, submit_id in answers:
-            found = s.execute(select(Assignment.id, Answer.id)
-                              .outerjoin(Answer, Answer.assignment_id == Assignment.id)
-                              .where(Assignment.annotator_id == annotator_id,
-                                     Assignment.item_id == item_id)).first()
+            found = s.execute(_FIND, {"person": annotator_id, "item": item_id}).first()
             if found is None:
                 results.append(NotAssigned(f"item {item_id}: not assigned to this annotator; "
                                            "answers only for your own queue"))
@@ -74,7 +84,7 @@ def store_answers(db: Database, answers: list[AnswerRequest]) -> list[bool | Not
                              "value": value, "submit_id": submit_id, "created": utcnow()})
                 results.append(True)
         if rows:
-            s.execute(insert(Answer), rows)
+            s.execute(_INSERT, rows)
     return results
 
 
@@ -108,9 +118,7 @@ class Progress:
 
 
 def _next_item(s: Connection, annotator_id: int) -> int | None:
-    return s.scalar(select(Assignment.item_id).outerjoin(Answer, Answer.assignment_id == Assignment.id)
-                    .where(Assignment.annotator_id == annotator_id, Answer.id.is_(None))
-                    .order_by(Assignment.position).limit(1))
+    return s.scalar(_NEXT, {"person": annotator_id})
 
 
 def next_item(db: Database, annotator_id: int) -> int | None:
@@ -122,16 +130,14 @@ def next_item(db: Database, annotator_id: int) -> int | None:
 def progress_of(db: Database, annotator_id: int) -> Progress:
     """How many of the annotator's items are answered, out of how many, and the next one."""
     with db.connect() as s:
-        total = s.scalar(select(func.count()).select_from(Assignment)
-                         .where(Assignment.annotator_id == annotator_id))
-        done = s.scalar(select(func.count()).select_from(Answer).where(Answer.annotator_id == annotator_id))
+        total = s.scalar(_TOTAL, {"person": annotator_id})
+        done = s.scalar(_DONE, {"person": annotator_id})
         return Progress(int(done or 0), int(total or 0), _next_item(s, annotator_id))
 
 
 def is_assigned(db: Database, annotator_id: int, item_id: int) -> bool:
     with db.connect() as s:
-        return s.scalar(select(Assignment.id).where(Assignment.annotator_id == annotator_id,
-                                                     Assignment.item_id == item_id)) is not None
+        return s.scalar(_HOLDS, {"person": annotator_id, "item": item_id}) is not None
 
 
 def undo_last(db: Database, annotator_id: int) -> int | None:

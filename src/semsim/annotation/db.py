@@ -223,6 +223,12 @@ class Database:
         with self._write() as session, session.begin():
             yield session
 
+    @contextlib.contextmanager
+    def write_connection(self) -> Iterator[Connection]:
+        """A writing transaction on a plain Core connection (the answer writer: lighter than a Session)."""
+        with self.write_engine.begin() as conn:
+            yield conn
+
     def project(self, session: Session) -> Project:
         try:
             project = session.scalar(select(Project).limit(1))

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from semsim.annotation.dashboard import AnswerRow, answer_rows, judgments
 from semsim.annotation.db import Annotator, Answer, Assignment, Database, Item
 from semsim.annotation.project import FLAG, SKIP, ProjectInfo, hash_secret, project_info
-from semsim.common.io import atomic_write
+from semsim.common.io import atomic_folder, atomic_write
 from semsim.errors import SemsimError
 
 SEMSIM_ID = re.compile(r"^(?P<idx>\d+)_-?\d+$")
@@ -89,9 +89,7 @@ def export_folders(db: Database, out: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()):
         raise SemsimError(f"{out}: exists and is not empty; give a new folder")
     labels = label_table(db)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         root = tmp / "train_with_ori"
         index = []
         for row in labels.itertuples(index=False):
@@ -111,12 +109,6 @@ def export_folders(db: Database, out: str | os.PathLike) -> Path:
                           "file": str((folder / name).relative_to(tmp)), "recognized": row.recognized,
                           "n_judges": row.n_judges})
         pd.DataFrame(index).to_csv(tmp / "index.csv", index=False)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 
-from sqlalchemy import Row, delete, select
+from sqlalchemy import Row, bindparam, delete, select
 
 from semsim.annotation.db import Annotator, Database, WebSession, utcnow
 from semsim.annotation.project import hash_secret
@@ -13,15 +13,19 @@ from semsim.annotation.project import hash_secret
 DEFAULT_SESSION_HOURS = 12.0
 
 
-def _person_columns() -> tuple:
-    return Annotator.id, Annotator.name, Annotator.is_admin
+# built once: these run on every request, and building a statement costs more than running it
+_BY_TOKEN = select(Annotator.id, Annotator.name, Annotator.is_admin).where(
+    Annotator.token_hash == bindparam("token_hash"), Annotator.active)
+_BY_SESSION = (select(Annotator.id, Annotator.name, Annotator.is_admin, WebSession.csrf)
+               .join(WebSession, WebSession.annotator_id == Annotator.id)
+               .where(WebSession.session_hash == bindparam("session_hash"), Annotator.active,
+                      WebSession.expires > bindparam("now")))
 
 
 def annotator_by_token(db: Database, token: str) -> Row | None:
     """``(id, name, is_admin)`` of the active annotator whose secret token this is, or None."""
     with db.connect() as s:
-        return s.execute(select(*_person_columns()).where(Annotator.token_hash == hash_secret(token),
-                                                          Annotator.active)).first()
+        return s.execute(_BY_TOKEN, {"token_hash": hash_secret(token)}).first()
 
 
 def open_session(db: Database, token: str, hours: float = DEFAULT_SESSION_HOURS) -> tuple[str, str, Row] | None:
@@ -42,10 +46,7 @@ def open_session(db: Database, token: str, hours: float = DEFAULT_SESSION_HOURS)
 def session_user(db: Database, session_id: str) -> tuple[Row, str] | None:
     """The annotator ``(id, name, is_admin)`` and CSRF token of a live session cookie, or None."""
     with db.connect() as s:
-        row = s.execute(select(*_person_columns(), WebSession.csrf)
-                        .join(WebSession, WebSession.annotator_id == Annotator.id)
-                        .where(WebSession.session_hash == hash_secret(session_id), Annotator.active,
-                               WebSession.expires > utcnow())).first()
+        row = s.execute(_BY_SESSION, {"session_hash": hash_secret(session_id), "now": utcnow()}).first()
     return (row, row.csrf) if row else None
 
 
