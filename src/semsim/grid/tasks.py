@@ -46,7 +46,7 @@ def _run_attack(task: Task, work: Path) -> dict[str, Any]:
     from semsim.attacks import attack_set
 
     p = task.params
-    data = cached_dataset(p["dataset"], p["image_size"])
+    data = cached_dataset(p["dataset"], p["image_size"], p.get("split"))
     manifest = attack_set(p["victim"], data, p["attack"], work, indices=p["indices"], seed=p["seed"],
                           defense=p["defense"], iterations=p["iterations"], batch_size=p["batch_size"],
                           device=task.device, show_progress=False, **p["options"])
@@ -63,7 +63,7 @@ def _run_train(task: Task, work: Path) -> dict[str, Any]:
     from semsim.victims.train import train_classifier
 
     p = task.params
-    data = cached_dataset(p["dataset"], p["image_size"])
+    data = cached_dataset(p["dataset"], p["image_size"], p.get("split"))
     if p["n"]:
         data, _ = subset(data, n=p["n"], seed=p["seed"])
     mean, std = channel_stats(data)  # the training set's own statistics normalise the victim
@@ -72,10 +72,12 @@ def _run_train(task: Task, work: Path) -> dict[str, Any]:
     model = create_model(p["architecture"], num_classes=len(data.classes), image_size=size, mean=mean,
                          std=std)
     # per-epoch state in the work folder: a killed attempt resumes from its last finished epoch
+    schedule = {k: p[k] for k in ("schedule", "nesterov", "warmup", "milestones") if k in p}
     result = train_classifier(model, data, epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
                               augment=p["augment"], defense=p["defense"], device=task.device, seed=p["seed"],
-                              show_progress=False, state_dir=work / "train-state")
+                              show_progress=False, state_dir=work / "train-state", **schedule)
     training = {k: p[k] for k in ("dataset", "epochs", "batch_size", "lr", "augment", "defense", "seed")}
+    training.update(schedule)
     training.update(n=len(data), train_accuracy=result.get("train_accuracy"), source=f"semsim grid {task.id}")
     config = model_config(p["architecture"], len(data.classes), size, mean, std, classes=list(data.classes),
                           training=training)
