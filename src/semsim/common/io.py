@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,27 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def replace_folder(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Put the finished folder ``src`` in the place of ``dst``, replacing a folder already there.
+
+    Readers see the old folder or the new one, never a mix (two renames; the old one is then deleted).
+    """
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"  # unique: publishers may race
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; if the block succeeds it replaces ``path`` whole.
-
-    Readers see the old folder or the new one, never a mix (the swap is two renames).
-    """
+    """Yield a temporary folder next to ``path``; if the block succeeds it replaces ``path`` whole
+    (:func:`replace_folder`); if it fails, ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -64,14 +80,7 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         for entry in (tmp, *tmp.rglob("*")):
             normal_permissions(entry)  # mkdtemp creates 0700, safetensors writes 0600
-        if path.exists():
-            old = path.parent / f".{path.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

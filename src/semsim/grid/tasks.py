@@ -8,16 +8,14 @@ renames the folder onto its final place: readers see a whole shard or none.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from semsim.common.io import write_json
+from semsim.common.io import replace_folder, write_json
 from semsim.grid.datasets import cached_dataset
 from semsim.grid.plan import DONE_FILE, Task, read_done
 
@@ -31,14 +29,7 @@ def publish(work: Path, final: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Write the completion record into ``work``, rename ``work`` onto ``final`` (replacing a stale one)."""
     record = {**record, "files": _file_summary(work)}
     write_json(record, work / DONE_FILE)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    trash = None
-    if final.exists():
-        trash = final.parent / f".{final.name}.stale-{uuid.uuid4().hex[:8]}"
-        os.replace(final, trash)
-    os.replace(work, final)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+    replace_folder(work, final)
     return record
 
 
