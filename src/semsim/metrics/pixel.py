@@ -62,6 +62,13 @@ _CHUNK_ELEMENTS = 100_000  # pairs per chunk ~ this many values per image; keeps
 # ---- colour ----------------------------------------------------------------------------------------------
 
 
+def check_color(color: str) -> str:
+    """``color`` if it names a colour space of :data:`COLORS`, else ``ValueError``."""
+    if color not in COLORS:
+        raise ValueError(f"unknown color '{color}'; use one of {', '.join(COLORS)}")
+    return color
+
+
 def _on_8bit_grid(t: torch.Tensor, data_range: float) -> bool:
     """Whether every value is a multiple of ``data_range / 255`` (an image decoded from an 8-bit file)."""
     q = t.detach() * (255 / data_range)
@@ -74,8 +81,7 @@ def to_color(images: torch.Tensor, color: str = "rgb", data_range: float = 1.0) 
     ``"rgb"`` returns the images as they are; ``"gray"`` and ``"y"`` return one channel in [0, data_range],
     rounded to the 8-bit grid when the input lies on it (MATLAB's uint8 behaviour).
     """
-    if color not in COLORS:
-        raise ValueError(f"unknown color '{color}'; use one of {', '.join(COLORS)}")
+    check_color(color)
     if color == "rgb":
         return images
     rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
@@ -285,8 +291,7 @@ COLOR_METRICS = ("mse", "psnr", "ssim", "ms_ssim")  # the registered metrics tha
 
 def color_options(color: str = "rgb") -> dict[str, dict[str, str]]:
     """Per-metric options putting every colour-aware metric of a panel in colour space ``color``."""
-    if color not in COLORS:
-        raise ValueError(f"unknown color '{color}'; use one of {', '.join(COLORS)}")
+    check_color(color)
     return {} if color == "rgb" else {name: {"color": color} for name in COLOR_METRICS}
 
 
@@ -298,10 +303,8 @@ class _PixelMetric(nn.Module):
 
     def __init__(self, data_range: float = 1.0, color: str = "rgb") -> None:
         super().__init__()
-        if color not in COLORS:
-            raise ValueError(f"unknown color '{color}'; use one of {', '.join(COLORS)}")
         self.data_range = data_range
-        self.color = color
+        self.color = check_color(color)
 
 
 class MSE(_PixelMetric):
