@@ -59,7 +59,7 @@ def test_writes_semsim_layout_and_manifest(data_dir, victim, tmp_path):
     out = tmp_path / "set"
     manifest = attack_set(victim, ds, "invgrad", out, n=5, defense="noise-1e-3", **ARGS)
     assert len(manifest) == 5 and manifest["status"].eq("ok").all()
-    assert manifest["set"].unique().tolist() == ["cifar10/lenet/crop+prune-70/noise-1e-3/invgrad-4"]
+    assert manifest["set"].unique().tolist() == ["cifar10/lenet/crop+train-prune-70/grad-noise-1e-3/invgrad-4"]
     for row in manifest.itertuples():
         index, label = (int(v) for v in row.image_id.split("_"))
         assert label == int(ds.labels[index]) == row.label and row.index == index
@@ -169,7 +169,7 @@ def test_cli(data_dir, victim, tmp_path):
     assert result.exit_code == 0, result.output
     assert "3 reconstructed, 0 failed" in result.output
     manifest = pd.read_csv(out / "manifest.csv")
-    assert manifest["set"].iloc[0] == "cifar10/lenet/crop+prune-70/none/idlg-3"
+    assert manifest["set"].iloc[0] == "cifar10/lenet/crop+train-prune-70/none/idlg-3"
     assert (manifest["recovered_label"] == manifest["label"]).all()
     bad = CliRunner().invoke(app, [*cmd[:-3], "--out", str(tmp_path / "bad"), "--attack", "nope"])
     assert isinstance(bad.exception, SemsimError) and "attack 'nope'" in str(bad.exception)

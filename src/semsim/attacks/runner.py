@@ -33,9 +33,11 @@ from semsim.common.io import write_json
 from semsim.common.progress import progress
 from semsim.data.datasets import ImageDataset, subset
 from semsim.data.images import save_image
+from semsim.data.set_names import attack_set_name, gradient_part, training_part
 from semsim.data.sets import read_manifest, write_manifest
 from semsim.errors import SemsimError
 from semsim.victims import check_inputs, load_classifier
+from semsim.victims.augment import parse_augment
 from semsim.victims.defenses import parse_defense
 
 MANIFEST = "manifest.csv"
@@ -49,16 +51,16 @@ def image_seeds(seed: int, index: int) -> tuple[int, int]:
 
 
 def set_name(config: dict[str, Any], data: ImageDataset, defense: str, attack: str, iterations: int) -> str:
-    """``dataset/architecture/training variant/defense/attack-iterations``, e.g.
-    ``cifar10/resnet20-4/crop/noise-1e-3/invgrad-8000``. Dataset and variant come from the checkpoint."""
+    """``dataset/architecture/training/gradient/attack-iterations`` (:mod:`semsim.data.set_names`), e.g.
+    ``cifar10/resnet20-4/crop+train-prune-70/grad-noise-1e-3/invgrad-8000``. Dataset, augmentation and
+    training-time defense come from the checkpoint; ``defense`` is the one on the observed gradient."""
     training = config.get("training") or {}
     dataset = training.get("dataset") or config.get("dataset") or data.name
     dataset = Path(str(dataset).rstrip("/")).name or str(dataset)
-    variant = str(training.get("augment") or config.get("augment") or "none")
+    augment = parse_augment(training.get("augment") or config.get("augment") or "none").label
     train_defense = parse_defense(training.get("defense") or config.get("defense") or "none").name
-    if train_defense != "none":
-        variant = f"{variant}+{train_defense}"
-    return f"{dataset}/{config['architecture']}/{variant}/{parse_defense(defense).name}/{attack}-{iterations}"
+    return attack_set_name(dataset, config["architecture"], training_part(augment, train_defense),
+                           gradient_part(parse_defense(defense).name), attack, iterations)
 
 
 @contextlib.contextmanager

@@ -137,8 +137,11 @@ def _dataset_indices(spec: GridSpec) -> dict[str, list[int]]:
 
     chosen = {}
     for ds in spec.datasets:
-        data = cached_dataset(ds.path, ds.image_size)
         img = spec.images
+        if img.indices is not None:  # checked against the dataset when the attack runs
+            chosen[ds.name] = list(img.indices)
+            continue
+        data = cached_dataset(ds.path, ds.image_size, ds.split)
         if img.n is None and img.per_class is None:
             chosen[ds.name] = list(range(len(data)))
         else:
@@ -187,7 +190,8 @@ def _train_task(spec: GridSpec, dataset: Any, victim: Any, root: Path) -> Task:
               "seed": spec.seed, **victim.train}
     return Task(f"train:{dataset.name}/{victim.name}", "train", None, 0,
                 str(root / "victims" / dataset.name / victim.name),
-                params={"dataset": dataset.train, "image_size": dataset.image_size, **recipe},
+                params={"dataset": dataset.train, "image_size": dataset.image_size, **recipe,
+                        **({"split": dataset.train_split} if dataset.train_split else {})},
                 device=spec.device)
 
 
@@ -198,6 +202,9 @@ def default_iterations(attack: str) -> int:
 
 
 def _attack_tasks(spec: GridSpec, root: Path) -> list[Task]:
+    from semsim.data.set_names import gradient_part
+    from semsim.victims.defenses import parse_defense
+
     indices = _dataset_indices(spec)
     tasks: list[Task] = []
     for ds, victim in itertools.product(spec.datasets, spec.victims):
@@ -212,11 +219,14 @@ def _attack_tasks(spec: GridSpec, root: Path) -> list[Task]:
         for defense, attack in itertools.product(spec.defenses, spec.attacks):
             for iters in attack.iterations:
                 iters_name = iters or default_iterations(attack.name)
-                name = f"{ds.name}/{victim.name}/{defense}/{attack.name}-{iters_name}"
+                # set name: dataset/<victim name: architecture/training>/<gradient defense>/attack-iterations
+                grad = gradient_part(parse_defense(defense).name)
+                name = f"{ds.name}/{victim.name}/{grad}/{attack.name}-{iters_name}"
                 folder = root / "shards" / safe_path(name)
                 shards = []
                 for k, idx in enumerate(_chunks(indices[ds.name], spec.images.shard_size)):
                     params = {"dataset": ds.path, "image_size": ds.image_size, "victim": victim_path,
+                              **({"split": ds.split} if ds.split else {}),
                               "attack": attack.name, "iterations": iters, "defense": defense,
                               "seed": spec.seed, "indices": idx, "batch_size": spec.attack_batch_size,
                               "options": attack.options}

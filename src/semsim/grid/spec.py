@@ -7,7 +7,7 @@ Attack grid::
     device: cpu                     # cpu, cuda, cuda:1 ...
     retries: 2                      # extra attempts for a failed or killed task
     datasets:
-      cifar10: {path: ../shared/data/cifar10_test, image_size: 32}
+      cifar10: {path: ../shared/data/cifar10_test, image_size: 32}   # split/train_split: CIFAR/MNIST splits
     victims:
       resnet: {checkpoint: checkpoints/resnet20-4}          # an existing checkpoint folder
       lenet: {train: {architecture: lenet, epochs: 2}}       # or one to train per dataset
@@ -54,6 +54,8 @@ class DatasetSpec:
     path: str
     train: str
     image_size: int | None = None
+    split: str | None = None  # of ``path`` (CIFAR, MNIST: train/test); None: train when present
+    train_split: str | None = None  # of ``train``
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ImagesSpec:
     per_class: int | None = None
     seed: int = 0
     shard_size: int = 8
+    indices: tuple[int, ...] | None = None  # explicit dataset indices (the plan then needs no dataset)
 
 
 @dataclass(frozen=True)
@@ -196,17 +199,21 @@ def _datasets(raw: Any, base: Path, where: str) -> tuple[DatasetSpec, ...]:
         w = f"{where}.{name}"
         if isinstance(entry, str):
             entry = {"path": entry}
-        entry = _mapping(entry, w, {"path", "train", "image_size"})
+        entry = _mapping(entry, w, {"path", "train", "image_size", "split", "train_split"})
         if "path" not in entry:
             raise _fail(w, "'path' is missing; give a CIFAR, MNIST or image-folder dataset")
         path = _path(base, entry["path"], f"{w}.path")
         train = _path(base, entry["train"], f"{w}.train") if "train" in entry else path
         size = _int(entry.get("image_size"), f"{w}.image_size", 1, allow_none=True)
-        out.append(DatasetSpec(_name(name, w), path, train, size))
+        splits = [entry.get(k) for k in ("split", "train_split")]
+        if any(s not in (None, "train", "test") for s in splits):
+            raise _fail(w, f"split {splits}: use train or test (CIFAR, MNIST folders)")
+        out.append(DatasetSpec(_name(name, w), path, train, size, *splits))
     return tuple(out)
 
 
-TRAIN_KEYS = {"architecture", "epochs", "batch_size", "lr", "augment", "defense", "n", "seed"}
+TRAIN_KEYS = {"architecture", "epochs", "batch_size", "lr", "augment", "defense", "n", "seed", "schedule",
+              "nesterov", "warmup", "milestones"}
 
 
 def _victims(raw: Any, base: Path, where: str, dataset_names: set[str]) -> tuple[VictimSpec, ...]:
@@ -329,11 +336,16 @@ def parse_grid(data: dict[str, Any], path: Path) -> GridSpec:
     victims = _victims(data.get("victims"), base, f"{where}: victims", {d.name for d in datasets})
     attacks = _attacks(data.get("attacks"), f"{where}: attacks")
     defenses = tuple(_defense(d, f"{where}: defenses") for d in _list(data.get("defenses"))) or ("none",)
-    img = _mapping(data.get("images"), f"{where}: images", {"n", "per_class", "seed", "shard_size"})
+    img = _mapping(data.get("images"), f"{where}: images", {"n", "per_class", "seed", "shard_size", "indices"})
+    indices = None
+    if img.get("indices") is not None:
+        indices = tuple(_int(i, f"{where}: images.indices", 0) for i in _list(img["indices"]))
+        if len(set(indices)) != len(indices) or img.get("n") is not None or img.get("per_class") is not None:
+            raise _fail(f"{where}: images.indices", "list each index once, without n or per_class")
     images = ImagesSpec(_int(img.get("n"), f"{where}: images.n", 1, allow_none=True),
                         _int(img.get("per_class"), f"{where}: images.per_class", 1, allow_none=True),
                         _int(img.get("seed", 0), f"{where}: images.seed"),
-                        _int(img.get("shard_size", 8), f"{where}: images.shard_size", 1))
+                        _int(img.get("shard_size", 8), f"{where}: images.shard_size", 1), indices)
     atk = _mapping(data.get("attack"), f"{where}: attack", {"batch_size"})
     probe_raw = data.get("probe")
     probe = None
