@@ -32,13 +32,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from semsim.attacks.engine import EngineOptions
 from semsim.attacks.gradients import (
     MODEL_MODES,
     OBJECTIVES,
@@ -53,6 +54,7 @@ from semsim.errors import SemsimError
 
 LABEL_MODES = ("optimize", "recover", "given")
 SCHEDULES = ("none", "multistep", "cosine")
+STOP_CHECK = 25  # iterations between checks whether every row has stopped (each check waits for the device)
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,9 @@ class AttackOutput:
 class Attack:
     """A gradient-inversion attack; see the module docstring for the four configurations."""
 
-    def __init__(self, config: AttackConfig) -> None:
+    def __init__(self, config: AttackConfig, engine: EngineOptions | None = None) -> None:
         self.config = config
+        self.engine = engine or EngineOptions()
 
     @property
     def name(self) -> str:
@@ -160,7 +163,8 @@ class Attack:
         if len(gens) != b:
             raise SemsimError(f"{len(gens)} generators for {b} gradients; give one generator per image")
         start = time.perf_counter()
-        gm = GradientModel(model, mode=cfg.model_mode, track_bn=cfg.bn > 0)
+        gm = GradientModel(model, mode=cfg.model_mode, track_bn=cfg.bn > 0,
+                           functional=self.engine.compile is not None, memory_format=self.engine.memory_format)
         try:
             num_classes = target[gm.head_index].shape[1]
             given = None if labels is None else torch.as_tensor(labels).reshape(-1).long().to(device)
@@ -171,7 +175,9 @@ class Attack:
             recovered = recover_labels(target, gm.head_index)
             hard = given if (cfg.label == "given" and given is not None) else recovered
             _check_shape(gm.net, (c, h, w), device)
-            result = self._optimize(gm, target, hard, recovered, (c, h, w), gens, num_classes, show_progress)
+            with self.engine.context():
+                result = self._optimize(gm, target, hard, recovered, (c, h, w), gens, num_classes,
+                                        show_progress)
         finally:
             gm.close()
         seconds = (time.perf_counter() - start) / b
@@ -206,7 +212,7 @@ class Attack:
 
         def objective(z_: torch.Tensor, soft_: torch.Tensor | None, with_prior: bool = True
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-            x = z_ * std + mean
+            x = (z_ * std + mean).contiguous(memory_format=self.engine.memory_format)
             grads, stats = gm.per_sample(x, soft_ if soft_ is not None else labels_n)
             match = OBJECTIVES[cfg.objective](grads, tgt)
             total = match
@@ -241,36 +247,39 @@ class Attack:
                 "labels": labels_out.cpu()}
 
     def _run_adam(self, objective: Callable, z: torch.Tensor, ok: torch.Tensor, lo: torch.Tensor,
-                  hi: torch.Tensor, steps) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adam works per element, so rows stay independent and one optimiser serves every problem."""
+                  hi: torch.Tensor, steps: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adam works per element, so rows stay independent and one optimiser serves every problem.
+
+        A row whose loss or gradient turns non-finite stops (its gradient zeroed, its last finite image kept);
+        masks are applied with ``torch.where``, so an iteration never waits for the device.
+        """
         cfg = self.config
-        z = z.clone().requires_grad_(True)
+        z = z.clone().contiguous(memory_format=self.engine.memory_format).requires_grad_(True)
         opt = torch.optim.Adam([z], lr=cfg.lr)
         last_good = z.detach().clone()
+        value_and_grad = self.engine.value_and_grad(lambda v: objective(v, None)[0])
+        rows = (-1,) + (1,) * (z.ndim - 1)
+        lr = cfg.lr
         for step in steps:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(step)
-            opt.zero_grad(set_to_none=False)
-            total, _ = objective(z, None)
-            total.sum().backward()
+            if cfg.lr_at(step) != lr:
+                lr = cfg.lr_at(step)
+                opt.param_groups[0]["lr"] = lr
+            total, g = value_and_grad(z)
             with torch.no_grad():
-                bad = ~torch.isfinite(total) | ~torch.isfinite(z.grad).flatten(1).all(1)
-                ok &= ~bad
-                z.grad[~ok] = 0
-                if cfg.signed:
-                    z.grad.sign_()
-            opt.step()
-            with torch.no_grad():
+                ok &= torch.isfinite(total) & torch.isfinite(g).flatten(1).all(1)
+                g = torch.where(ok.view(rows), g, torch.zeros_like(g))
+                z.grad = g.sign() if cfg.signed else g
+                opt.step()
                 if cfg.boxed:
                     z.copy_(torch.maximum(torch.minimum(z, hi), lo))
-                z[~ok] = last_good[~ok]
+                z.copy_(torch.where(ok.view(rows), z, last_good))
                 last_good.copy_(z)
-            if not ok.any():
+            if step % STOP_CHECK == STOP_CHECK - 1 and not ok.any():
                 break
         return z.detach(), ok
 
     def _run_lbfgs(self, objective: Callable, z: torch.Tensor, soft: torch.Tensor | None, ok: torch.Tensor,
-                   steps) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                   steps: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """DLG's L-BFGS, run per problem (:class:`BatchedLBFGS`) on the image (and the soft label)."""
         cfg = self.config
         n = z.shape[0]
@@ -282,22 +291,19 @@ class Attack:
         def split(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
             return v[:, :size_z].view_as(z), (v[:, size_z:] if soft is not None else None)
 
-        for _ in steps:
-            var = flat.detach().clone().requires_grad_(True)
-            z_, s_ = split(var)
-            total, _ = objective(z_, s_)
-            (g,) = torch.autograd.grad(total.sum(), var)
+        value_and_grad = self.engine.value_and_grad(lambda v: objective(*split(v))[0])
+        for step in steps:
+            total, g = value_and_grad(flat)
             with torch.no_grad():
-                bad = ~torch.isfinite(total) | ~torch.isfinite(g).all(1)
-                ok &= ~bad
+                ok &= torch.isfinite(total) & torch.isfinite(g).all(1)
                 active &= ok
                 g = torch.where(ok[:, None], g, torch.zeros_like(g))
                 before = flat.clone()
                 active = opt.step(g, active)
                 moved_bad = ~torch.isfinite(flat).all(1)
-                flat[moved_bad] = before[moved_bad]
+                flat.copy_(torch.where(moved_bad[:, None], before, flat))
                 active &= ~moved_bad
-            if not active.any():
+            if step % STOP_CHECK == STOP_CHECK - 1 and not active.any():
                 break
         z_, s_ = split(flat.detach())
         return z_.clone(), (s_.clone() if s_ is not None else None), ok
@@ -350,8 +356,9 @@ def list_attacks() -> list[str]:
     return list(ATTACK_DEFAULTS)
 
 
-def create_attack(name: str, **overrides: Any) -> Attack:
-    """Build an attack by name (``dlg``, ``idlg``, ``invgrad``, ``gradinversion``), settings overridden."""
+def create_attack(name: str, engine: EngineOptions | None = None, **overrides: Any) -> Attack:
+    """Build an attack by name (``dlg``, ``idlg``, ``invgrad``, ``gradinversion``), settings overridden;
+    ``engine``: how its loop runs (:class:`~semsim.attacks.engine.EngineOptions`, default eager)."""
     key = name.lower()
     if key not in ATTACK_DEFAULTS:
         raise SemsimError(f"attack '{name}': unknown; choose one of {', '.join(ATTACK_DEFAULTS)}")
@@ -361,4 +368,4 @@ def create_attack(name: str, **overrides: Any) -> Attack:
         raise SemsimError(f"attack '{name}': unknown setting(s) {', '.join(unknown)}; "
                           f"settings are {', '.join(sorted(fields))}")
     settings = {**ATTACK_DEFAULTS[key], **{k: v for k, v in overrides.items() if v is not None}}
-    return Attack(AttackConfig(name=key, **settings))
+    return Attack(AttackConfig(name=key, **settings), engine)

@@ -54,10 +54,14 @@ class GradientModel:
     ``mode`` is ``eval`` (BatchNorm uses running statistics) or ``train`` (each image's own statistics;
     a copy of the model is used). ``track_bn`` additionally returns, per sample, each BatchNorm layer's
     input mean and variance (for GradInversion's BN prior). In eval mode the model is put in eval mode;
-    :meth:`close` restores its previous mode.
+    :meth:`close` restores its previous mode. ``functional``: always use ``torch.func`` (no plain autograd
+    for a single sample), as code traced by ``torch.func`` transforms or ``torch.compile`` needs.
+    ``memory_format``: the 4-D weights are used in this memory order (channels-last for cuDNN), the model's
+    own parameters are not touched.
     """
 
-    def __init__(self, model: nn.Module, mode: str = "eval", track_bn: bool = False) -> None:
+    def __init__(self, model: nn.Module, mode: str = "eval", track_bn: bool = False, functional: bool = False,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         if mode not in MODEL_MODES:
             raise SemsimError(f"model mode '{mode}': unknown; use one of {', '.join(MODEL_MODES)}")
         self.mode = mode
@@ -71,8 +75,10 @@ class GradientModel:
             replace_all_batch_norm_modules_(net)  # batch statistics, no running-stat updates
         net.train(mode == "train")
         self.net = net
-        self.params = {k: v.detach() for k, v in net.named_parameters()}
+        self.params = {k: _in_format(v.detach(), memory_format) for k, v in net.named_parameters()}
         self.buffers = {k: v.detach() for k, v in net.named_buffers()}
+        self.functional = functional
+        self._leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}  # for _single
         self.head_index = head_weight_index(net)
         self.track_bn = track_bn and bool(self.bn_layers)
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -101,9 +107,23 @@ class GradientModel:
 
         ``targets`` are class indices ``(N,)`` or soft-label logits ``(N, K)``. Differentiable in ``images``.
         """
+        if images.shape[0] == 1 and not self.functional:
+            return self._single(images, targets)
         per_sample = vmap(grad(self._loss, has_aux=True), in_dims=(None, 0, 0))
         grads, stats = per_sample(self.params, images, targets)
         return list(grads.values()), stats
+
+    def _single(self, images: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """:meth:`per_sample` for one sample with plain autograd (``create_graph`` when the inputs need it):
+        the same gradients without ``vmap``'s per-operator overhead, which dominates on small models."""
+        differentiable = torch.is_grad_enabled() and (images.requires_grad or targets.requires_grad)
+        with torch.enable_grad():
+            loss, stats = self._loss(self._leaves, images[0], targets[0])
+            grads = torch.autograd.grad(loss, list(self._leaves.values()), create_graph=differentiable)
+        if not differentiable:
+            grads, stats = [g.detach() for g in grads], [s.detach() for s in stats]
+        return [g.unsqueeze(0) for g in grads], [s.unsqueeze(0) for s in stats]
 
     def bn_prior(self, stats: list[torch.Tensor]) -> torch.Tensor:
         """GradInversion's BN prior per sample: sum over layers of ||mu - mu_run|| + ||var - var_run||."""
@@ -121,6 +141,11 @@ class GradientModel:
             h.remove()
         self._hooks = []
         self._model.train(self._was_training)
+
+
+def _in_format(t: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """``t`` in ``memory_format`` when it is 4-D (convolution weights), else unchanged."""
+    return t.contiguous(memory_format=memory_format) if t.ndim == 4 else t
 
 
 def recover_labels(grads: Sequence[torch.Tensor], head_index: int) -> torch.Tensor:
