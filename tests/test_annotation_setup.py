@@ -5,6 +5,7 @@ exports that do not overwrite, imports that report conflicts, one-line errors (e
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from annotation_util import CLASSES, login, make_project, make_set
 from semsim.annotation import add_annotator, export, import_labelstudio, init_project, label_table, submit_answer
 from semsim.annotation.annotators import link, set_base_url
 from semsim.annotation.app import create_app
-from semsim.annotation.db import Annotator, Assignment, Database, Item
+from semsim.annotation.db import ADDED_COLUMNS, Annotator, Assignment, Database, Item
 from semsim.annotation.project import FLAG, SKIP, project_info
 from semsim.cli import main
 from semsim.errors import SemsimError
@@ -159,3 +160,17 @@ def test_import_reports_conflicts_and_malformed_results(tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "without a 'value'" in err and "task 0, annotation 0" in err
     with db.read() as s:
         assert s.scalar(select(Annotator.imported).where(Annotator.name == "labelstudio-3"))
+
+
+def test_a_database_of_the_earlier_version_is_brought_up_to_date(tmp_path):
+    db, tokens = make_project(tmp_path, n_items=2, per_item=1, annotators=1)
+    db.dispose()
+    path = tmp_path / "ann.sqlite"
+    with sqlite3.connect(path) as raw:  # the columns this version added
+        for table, column in ADDED_COLUMNS:
+            raw.execute(f'ALTER TABLE {table} DROP COLUMN "{column}"')
+    client = TestClient(create_app(path))
+    login(client, tokens["a0"])
+    assert client.get("/task").status_code == 200
+    with Database(path).read() as s:
+        assert s.scalar(select(Item.example).limit(1)) is False

@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -36,6 +37,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from semsim.errors import SemsimError
 
 TASKS = ("class", "pair")
+# columns added after the first release, with the SQL default old rows get
+ADDED_COLUMNS = {("project", "instructions"): "''", ("project", "base_url"): "NULL", ("item", "example"): "0",
+                 ("web_session", "expires"): "'1970-01-01 00:00:00'"}
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -183,6 +187,23 @@ class Database:
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
         if create:
             Base.metadata.create_all(self.write_engine)
+        self._add_new_columns()
+
+    def _add_new_columns(self) -> None:
+        """Bring a database made by an earlier version up to date: add the columns it lacks (with the values
+        :data:`ADDED_COLUMNS` gives old rows; an old session then counts as expired)."""
+        tables = inspect(self.write_engine).get_table_names()
+        with self.write_engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                if table.name not in tables:
+                    continue
+                present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and (table.name, column.name) in ADDED_COLUMNS:
+                        kind = column.type.compile(self.write_engine.dialect)
+                        default = ADDED_COLUMNS[(table.name, column.name)]
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind} '
+                                             f"DEFAULT {default}")
 
     def _engine(self, immediate: bool) -> Engine:
         if not self.is_sqlite:
