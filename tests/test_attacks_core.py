@@ -155,7 +155,8 @@ def test_invgrad_on_a_small_convnet_beats_blank_and_random_and_noise_defense_hur
     # Test-sized: 250 iterations without the step schedule (which would cut the step size after 93).
     attack = create_attack("invgrad", iterations=250, schedule="none")
     p = invgrad_psnrs(model, x, torch.tensor([0, 1]), attack)
-    assert p["clean"] > max(p["blank"], p["random"]) + 5  # measured: 18.5 dB vs 11.0 (blank), 7.8 (random)
+    # measured with inversefed's layout (first pool after conv5): 16.0 dB vs 11.0 (blank), 7.8 (random)
+    assert p["clean"] > max(p["blank"], p["random"]) + 4
     assert p["noisy"] < p["clean"] - 2  # measured: 7.0 dB
 
 

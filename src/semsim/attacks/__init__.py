@@ -14,7 +14,9 @@ from semsim.attacks.core import (
            list_attacks,
 )
 from semsim.attacks.gradients import GradientModel, client_gradients, recover_labels
+from semsim.attacks.gradinversion import GradInversionAttack, GradInversionConfig  # registers gradinversion
 from semsim.attacks.runner import attack_set, image_seeds, set_name
 
-__all__ = ["ATTACK_DEFAULTS", "Attack", "AttackConfig", "AttackOutput", "GradientModel", "attack_set",
+__all__ = ["ATTACK_DEFAULTS", "Attack", "AttackConfig", "AttackOutput", "GradInversionAttack",
+           "GradInversionConfig", "GradientModel", "attack_set",
            "client_gradients", "create_attack", "image_seeds", "list_attacks", "recover_labels", "set_name"]
