@@ -3,15 +3,21 @@ torch.optim.LBFGS, and the speed options (channels-last, TF32 flags, torch.compi
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from semsim.attacks import GradientModel, client_gradients, create_attack
+from conftest import shared_path
+from semsim.attacks import GradientModel, attack_set, client_gradients, create_attack
 from semsim.attacks.engine import EngineOptions
 from semsim.attacks.lbfgs import BatchedLBFGS
+from semsim.data.datasets import load_dataset
 from semsim.errors import SemsimError
-from semsim.models import create_model
+from semsim.models import create_model, model_config
+from semsim.models.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -200,3 +206,24 @@ def test_compiled_loop_equals_eager_on_cpu():
     torch.testing.assert_close(runs[0].images, runs[1].images, atol=1e-3, rtol=0)
     for a, b in zip(runs[0].records, runs[1].records, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-6)
+
+
+def test_attack_set_records_the_engine_and_resumes_only_with_the_same(tmp_path):
+    root = shared_path("cifar10_test")
+    data_dir = tmp_path / "cifar_small"
+    for name in ("airplane", "automobile"):
+        (data_dir / name).mkdir(parents=True)
+        shutil.copy(root / name / "0000.jpg", data_dir / name / "0000.jpg")
+    torch.manual_seed(0)
+    victim = tmp_path / "victim"
+    save_checkpoint(victim, create_model("lenet", 2), model_config("lenet", 2))
+    ds, out = load_dataset(data_dir), tmp_path / "set"
+    args = dict(iterations=2, batch_size=2, show_progress=False)
+    attack_set(victim, ds, "invgrad", out, engine="channels-last", **args)
+    settings = json.loads((out / "attack.json").read_text())
+    assert settings["engine"] == "channels-last" and "engine" not in settings["attack"]
+    with pytest.raises(SemsimError, match="engine"):
+        attack_set(victim, ds, "invgrad", out, **args)
+    del settings["engine"]  # a run of a version that did not record the engine ran eager
+    (out / "attack.json").write_text(json.dumps(settings))
+    assert len(attack_set(victim, ds, "invgrad", out, **args)) == 2

@@ -28,6 +28,7 @@ import torch
 
 import semsim
 from semsim.attacks.core import create_attack
+from semsim.attacks.engine import EngineOptions
 from semsim.attacks.gradients import client_gradients
 from semsim.common.io import write_json
 from semsim.common.progress import progress
@@ -42,6 +43,7 @@ from semsim.victims.defenses import parse_defense
 
 MANIFEST = "manifest.csv"
 SETTINGS = "attack.json"
+UNRECORDED = {"engine": "eager"}  # settings that runs of earlier versions did not record, as they ran
 
 
 def image_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -106,7 +108,7 @@ def _finished(out: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {}
     if settings_path.is_file():
         old = json.loads(settings_path.read_text())
-        diff = sorted(k for k in settings if k != "victim" and old.get(k) != settings[k])
+        diff = sorted(k for k in settings if k != "victim" and old.get(k, UNRECORDED.get(k)) != settings[k])
         if diff:
             raise SemsimError(f"{out}: holds a run with other settings ({', '.join(diff)} differ); "
                               "resume with the same settings or choose another --out folder")
@@ -122,14 +124,16 @@ def _finished(out: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: str | os.PathLike, *,
                n: int | None = None, indices: Sequence[int] | None = None, seed: int = 0,
                defense: str = "none", iterations: int | None = None, batch_size: int = 8,
-               device: str | torch.device = "cpu",
+               device: str | torch.device = "cpu", engine: EngineOptions | str | None = None,
                show_progress: bool = True, **attack_kwargs: Any) -> pd.DataFrame:
     """Attack ``n`` images (a seeded subset) or the images at ``indices`` of ``data`` (all by default).
 
     Each image's gradient comes from the victim (eval-mode BatchNorm unless ``model_mode="train"``), passes
     through ``defense`` and is inverted by ``attack`` (``dlg``, ``idlg``, ``invgrad``, ``gradinversion``;
     ``iterations`` and ``attack_kwargs`` override its settings). ``batch_size`` images are solved in one
-    batched optimisation. Returns the manifest (absolute paths); resumable, see the module docstring.
+    batched optimisation; ``engine`` says how the loop runs (an :class:`EngineOptions` or its text form, e.g.
+    ``"tf32+channels-last+compile"``; recorded in the settings, so a resumed run uses the same). Returns the
+    manifest (absolute paths); resumable, see the module docstring.
     """
     out = Path(out)
     if batch_size < 1:
@@ -139,12 +143,13 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
         raise SemsimError(f"{data.name}: has no class labels; the client's gradient needs the true labels")
     chosen = _requested(data, n, indices, seed)
     check_inputs(config, data.floats(chosen), data.labels[chosen], source=data.name)
-    atk = create_attack(attack, iterations=iterations, **attack_kwargs)
+    engine = EngineOptions.parse(engine) if isinstance(engine, str) else (engine or EngineOptions())
+    atk = create_attack(attack, engine=engine, iterations=iterations, **attack_kwargs)
     dfn = parse_defense(defense)
     name = set_name(config, data, dfn.name, atk.name, atk.config.iterations)
     settings = {"set": name, "victim": str(Path(victim).resolve()), "dataset": data.name, "defense": dfn.name,
                 "attack": dataclasses.asdict(atk.config), "seed": int(seed), "batch_size": int(batch_size),
-                "indices": chosen, "semsim_version": semsim.__version__}
+                "indices": chosen, "engine": engine.label, "semsim_version": semsim.__version__}
     done = _finished(out, settings)
     out.mkdir(parents=True, exist_ok=True)
     write_json(settings, out / SETTINGS)
