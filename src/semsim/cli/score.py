@@ -81,7 +81,8 @@ def calibrate_table(path: Path, cal: Calibration, out: Path | None, allow_out_of
 
 
 def score(
-    originals: Annotated[Path, typer.Argument(help="folder of originals, a SemSim-layout folder, or a manifest")],
+    originals: Annotated[Path | None, typer.Argument(help="a set folder or manifest, a SemSim-layout folder, or "
+                                                    "a folder of originals (then give RECONSTRUCTIONS)")] = None,
     reconstructions: Annotated[Path | None, typer.Argument(help="folder of reconstructions (matched by id)")] = None,
     metrics: Annotated[str | None, typer.Option(help="comma-separated metric names (default: the full panel)")] = None,
     out: Annotated[Path | None, typer.Option(help="per-image table, .parquet or .csv; the per-set table goes "
@@ -107,6 +108,8 @@ def score(
                                        "(BT.601 luma, IQA-PyTorch's test_y_channel)")] = "rgb",
     no_download: Annotated[bool, typer.Option("--no-download", help="never fetch pretrained weights (LPIPS, "
                                               "FID); the same as SEMSIM_OFFLINE=1")] = False,
+    sets: Annotated[list[Path] | None, typer.Option("--sets", help="set folder or manifest, instead of "
+                                                    "ORIGINALS; repeat for several sets in one table")] = None,
 ) -> None:
     """Score reconstructions against their originals with the metric panel.
 
@@ -115,7 +118,7 @@ def score(
     """
     from semsim.common.checks import check_writable
     from semsim.common.io import TABLE_SUFFIXES
-    from semsim.data.sets import ingest
+    from semsim.data.sets import ingest, ingest_sets
     from semsim.metrics.calibrated import load_calibration
     from semsim.metrics.pixel import color_options
     from semsim.metrics.scoring import score_sets
@@ -128,12 +131,18 @@ def score(
         from semsim.models.weights import OFFLINE_ENV
 
         os.environ[OFFLINE_ENV] = "1"
+    if (originals is None) == (not sets):
+        raise SemsimError("give the sets to score either as ORIGINALS [RECONSTRUCTIONS] or with --sets (repeatable), "
+                          "not both and not neither")
+    if sets and set_name:
+        raise SemsimError("--set renames the set of ORIGINALS; with --sets, each set keeps its manifest's name")
     if out is not None:
         check_writable(out, TABLE_SUFFIXES)
     cal = load_calibration(calibration) if calibration is not None else None
-    if reconstructions is None and score_table_given(originals, cal):
+    if originals is not None and reconstructions is None and score_table_given(originals, cal):
         return calibrate_table(originals, cal, out, allow_out_of_range)
-    manifest, skipped = ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad)
+    manifest, skipped = (ingest_sets(sets, skip_bad=skip_bad) if sets else
+                         ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad))
     result = score_sets(manifest, [m.strip() for m in metrics.split(",")] if metrics else None,
                         evaluator=evaluator, semsim=semsim_model, calibration=cal, skipped=skipped, device=device,
                         options=color_options(color),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,25 @@ def ingest(
     df, skipped = _finish(rows, skip_bad)
     order = [c for c in ("set", "image_id", "original", "reconstruction", "label") if c in df.columns]
     return df[order].reset_index(drop=True), skipped
+
+
+def ingest_sets(sources: Sequence[str | os.PathLike], skip_bad: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`ingest` several set folders or manifests into one manifest; a set name given by two of them is
+    an error (their rows would merge into one set)."""
+    if not sources:
+        raise SemsimError("no sets given; pass a set folder or manifest (repeat --sets for several)")
+    manifests, skipped, seen = [], [], {}
+    for source in sources:
+        manifest, bad = ingest(source, skip_bad=skip_bad)
+        for name in dict.fromkeys(manifest["set"]):
+            if name in seen:
+                raise SemsimError(f"{source}: set '{name}' also comes from {seen[name]}; each set may be given once "
+                                  "(rename one with semsim score SOURCE --set NAME, or fix its manifest)")
+            seen[name] = source
+        manifests.append(manifest)
+        skipped += [bad] if len(bad) else []
+    return (pd.concat(manifests, ignore_index=True),
+            pd.concat(skipped, ignore_index=True) if skipped else pd.DataFrame(columns=["set", "image_id", "status"]))
 
 
 def rename_set(manifest: pd.DataFrame, set_name: str | None, source: str | os.PathLike) -> pd.DataFrame:
