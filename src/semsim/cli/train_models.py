@@ -11,7 +11,6 @@ import typer
 from semsim.cli.choices import ARCHITECTURES
 from semsim.cli.options import Device, Quiet, Threads
 from semsim.common.checks import check_writable
-from semsim.metrics.model_based import near_chance
 
 ARCH_HELP = f"architecture: {', '.join(ARCHITECTURES)}"
 DATA_HELP = "CIFAR-10/100 python folder, MNIST IDX folder, or image folder with one sub-folder per class"
@@ -39,6 +38,8 @@ def _report(config: dict, out: Path) -> None:
     trained = f"training accuracy {train_acc:.4f}" if train_acc is not None else "untrained (0 epochs)"
     typer.echo(f"wrote {out}: {config['architecture']} on {config['dataset']} "
                f"({config['training']['n_train']} images, {config['num_classes']} classes), {trained}{held_out}")
+    from semsim.metrics.model_based import near_chance
+
     weak = near_chance(config) if config.get("role") == "evaluator" else None
     if weak is not None:
         warnings.warn(f"evaluator {out}: {weak}", stacklevel=2)
