@@ -78,7 +78,11 @@ class GradientModel:
         self.params = {k: _in_format(v.detach(), memory_format) for k, v in net.named_parameters()}
         self.buffers = {k: v.detach() for k, v in net.named_buffers()}
         self.functional = functional
-        self._leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}  # for _single
+        # One sample (_single): the network's own parameters when all are trainable and in the asked memory
+        # format (no functional_call, whose parameter swapping costs as much as LeNet's forward), else copies.
+        own = dict(net.named_parameters())
+        self._own = all(p.requires_grad and self.params[k].data_ptr() == p.data_ptr() for k, p in own.items())
+        self._leaves = own if self._own else {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
         self.head_index = head_weight_index(net)
         self.track_bn = track_bn and bool(self.bn_layers)
         self._stats: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -91,9 +95,13 @@ class GradientModel:
         x = inputs[0]
         self._stats.append((x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)))
 
-    def _loss(self, params: dict[str, torch.Tensor], image: torch.Tensor, target: torch.Tensor):
+    def _loss(self, params: dict[str, torch.Tensor] | None, image: torch.Tensor, target: torch.Tensor):
+        """One sample's loss (and BN statistics) with ``params`` (``None``: the network's own)."""
         self._stats = []
-        logits = functional_call(self.net, (params, self.buffers), (image.unsqueeze(0),))
+        if params is None:
+            logits = self.net(image.unsqueeze(0))
+        else:
+            logits = functional_call(self.net, (params, self.buffers), (image.unsqueeze(0),))
         if target.is_floating_point():  # DLG's soft label: logits of a dummy label distribution
             loss = torch.sum(-F.softmax(target, dim=-1) * F.log_softmax(logits[0], dim=-1))
         else:
@@ -119,7 +127,7 @@ class GradientModel:
         the same gradients without ``vmap``'s per-operator overhead, which dominates on small models."""
         differentiable = torch.is_grad_enabled() and (images.requires_grad or targets.requires_grad)
         with torch.enable_grad():
-            loss, stats = self._loss(self._leaves, images[0], targets[0])
+            loss, stats = self._loss(None if self._own else self._leaves, images[0], targets[0])
             grads = torch.autograd.grad(loss, list(self._leaves.values()), create_graph=differentiable)
         if not differentiable:
             grads, stats = [g.detach() for g in grads], [s.detach() for s in stats]
