@@ -4,10 +4,10 @@
 TIP 2004) with the Gaussian window of the paper (sigma 1.5, 11 pixels), population covariances, K1 = 0.01, K2 =
 0.03, averaged over the map without the 5-pixel border (only windows inside the image) and over channels: the
 same numbers as scikit-image's ``structural_similarity(gaussian_weights=True, use_sample_covariance=False,
-data_range=..., channel_axis=...)``. The local moments are taken of the images minus their mean (one shift per
-image and channel, shared by the pair): variances and covariances do not change under a common shift, and the
-shift removes most of the cancellation in ``E[x^2] - E[x]^2``, so float32 results agree with a float64
-computation to about 1e-6, contrast-reduced images included.
+data_range=..., channel_axis=...)``. The local moments are taken of centred images (the pair's sum minus its
+mean, and the pair's difference; see ``_ssim_and_cs``): variances do not change under a shift, and centring
+removes most of the cancellation in ``E[x^2] - E[x]^2``, so float32 results agree with a float64 computation
+to about 1e-6, contrast-reduced images included.
 
 **ssim_skimage** is the convention of the SemSim reference code (Sun et al., NeurIPS 2023), which scores SSIM as
 ``skimage.metrics.structural_similarity(uint8, uint8, channel_axis=-1)`` with scikit-image's defaults: a 7x7
@@ -162,7 +162,11 @@ def _ssim_and_cs(
 
     Wang et al. 2004, Eq. 13: ``SSIM = l * cs`` with luminance ``l = (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 +
     C1)`` and contrast-structure ``cs = (2 s_xy + C2) / (s_x^2 + s_y^2 + C2)``, ``C_i = (K_i data_range)^2``;
-    ``cov_norm`` scales the (co)variances (``n / (n - 1)`` for sample covariances).
+    ``cov_norm`` scales the (co)variances (``n / (n - 1)`` for sample covariances). Computed from the local
+    moments of the sum ``p = x + y`` (minus its image mean) and the difference ``q = x - y``, by the
+    polarisation identities ``4 mu_x mu_y = mu_p^2 - mu_q^2``, ``2 (mu_x^2 + mu_y^2) = mu_p^2 + mu_q^2`` and
+    ``2 s_xy = (var_p - var_q) / 2``, ``s_x^2 + s_y^2 = (var_p + var_q) / 2``: four filtered maps, and both
+    ``p`` and ``q`` centred, so ``E[p^2] - mu_p^2`` does not cancel in float32.
     """
     n, c, h, w = x.shape
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
@@ -170,17 +174,21 @@ def _ssim_and_cs(
     ssim_out, cs_out = [], []
     for i in range(0, n, step):
         a, b = x[i : i + step], y[i : i + step]
-        shift = (a.mean((2, 3), keepdim=True) + b.mean((2, 3), keepdim=True)) / 2  # centred moments
-        a, b = a - shift, b - shift
         m = a.shape[0]
-        stack = torch.stack([a, b, a * a + b * b, a * b]).reshape(-1, h, w)
-        mu_a, mu_b, sq, ab = _filter_valid(stack, taps).reshape(4, m, c, -1).unbind(0)
-        # In-place updates only on fresh intermediates that no backward formula keeps: autograd-safe.
-        mu_sq = (mu_a * mu_a).addcmul_(mu_b, mu_b)
-        cov2 = (ab - mu_a * mu_b).mul_(2 * cov_norm).add_(c2)  # 2 s_ab + C2
-        cs = cov2 / (sq - mu_sq).mul_(cov_norm).add_(c2)  # / (s_a^2 + s_b^2 + C2)
-        mu_a, mu_b = mu_a + shift.view(m, c, 1), mu_b + shift.view(m, c, 1)  # back to the true local means
-        lum = (mu_a * mu_b).mul_(2).add_(c1) / (mu_a * mu_a).addcmul_(mu_b, mu_b).add_(c1)
+        total = a + b
+        shift = total.mean((2, 3), keepdim=True)
+        p, q = total - shift, a - b
+        stack = torch.stack([p, q, p * p, q * q]).reshape(-1, h, w)
+        mu_p, mu_q, pp, qq = _filter_valid(stack, taps).reshape(4, m, c, -1).unbind(0)
+        # In-place updates only on fresh intermediates whose values no backward formula keeps: autograd-safe.
+        var_p, var_q = torch.addcmul(pp, mu_p, mu_p, value=-1), torch.addcmul(qq, mu_q, mu_q, value=-1)
+        if cov_norm != 1.0:
+            var_p, var_q = var_p.mul_(cov_norm), var_q.mul_(cov_norm)
+        var_p = var_p.add_(2 * c2)
+        cs = (var_p - var_q) / (var_p + var_q)  # (var_p - var_q + 2 C2) / (var_p + var_q + 2 C2)
+        sq_p = (mu_p + shift.view(m, c, 1)).square().add_(2 * c1)  # the true local mean of x + y, squared, + 2 C1
+        sq_q = mu_q * mu_q
+        lum = (sq_p - sq_q) / (sq_p + sq_q)
         ssim_out.append((lum * cs).mean((1, 2)))
         cs_out.append(cs.mean((1, 2)))
     return torch.cat(ssim_out), torch.cat(cs_out)
