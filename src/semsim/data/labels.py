@@ -20,6 +20,13 @@ LABEL_COLUMNS = ("set", "image_id", "recognized", "n_judges", "label_source")
 LABEL_SOURCE_KINDS = ("human", "model", "import")
 
 
+def _shown(value: object) -> str:
+    """A cell value as a user wrote it: ``1.7`` (not ``np.float64(1.7)``), ``'yes'``, or ``a blank``."""
+    if pd.isna(value):
+        return "a blank"
+    return f"'{value}'" if isinstance(value, str) else f"{value}"
+
+
 def validate_labels(df: pd.DataFrame, where: str = "label table") -> pd.DataFrame:
     """Check the contract; return a copy with normalised dtypes. Raises :class:`SemsimError` naming the fault."""
     missing = [c for c in LABEL_COLUMNS if c not in df.columns]
@@ -27,14 +34,18 @@ def validate_labels(df: pd.DataFrame, where: str = "label table") -> pd.DataFram
         raise SemsimError(f"{where}: missing column(s) {', '.join(missing)}; a label table needs "
                           f"{', '.join(LABEL_COLUMNS)}")
     out = df.copy()
-    out["set"] = out["set"].astype(str)
-    out["image_id"] = out["image_id"].astype(str)
+    for col in ("set", "image_id"):
+        blank = out[col].isna() | out[col].astype(str).str.strip().eq("")
+        if blank.any():
+            raise SemsimError(f"{where}: row {int(blank.to_numpy().argmax()) + 1} has a blank '{col}'; every label "
+                              f"needs its {col}: fill it in or delete the row")
+        out[col] = out[col].astype(str)
     out["recognized"] = pd.to_numeric(out["recognized"], errors="coerce")
     bad = out["recognized"].isna() | (out["recognized"] < 0) | (out["recognized"] > 1)
     if bad.any():
         row = out[bad].iloc[0]
         raise SemsimError(f"{where}: 'recognized' must be a share in [0, 1]; image '{row['image_id']}' of set "
-                          f"'{row['set']}' has {df.loc[row.name, 'recognized']!r}")
+                          f"'{row['set']}' has {_shown(df.loc[row.name, 'recognized'])}")
     out["n_judges"] = pd.to_numeric(out["n_judges"], errors="coerce").fillna(0).astype(int)
     sources = out["label_source"].fillna("").astype(str)
     kinds = sources.str.split(":").str[0]
