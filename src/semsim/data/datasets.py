@@ -348,8 +348,11 @@ def subset(ds: ImageDataset, n: int | None = None, per_class: int | None = None,
     """A deterministic subset: ``n`` images, or ``per_class`` images of every class, drawn by ``seed``.
 
     The images are the first ones of a seeded random permutation (so a smaller ``n`` with the same seed
-    picks a subset of a larger one); the returned indices (into ``ds``) are sorted ascending.
-    With neither ``n`` nor ``per_class`` the whole dataset is returned.
+    picks a subset of a larger one). With neither ``n`` nor ``per_class`` the whole dataset is returned.
+
+    Returns ``(subset, indices)``: the chosen images as a new :class:`ImageDataset` (same classes and name),
+    and their positions in ``ds``, sorted ascending (``subset[i]`` is ``ds[indices[i]]``), e.g. to record
+    which dataset images were attacked.
     """
     if n is not None and per_class is not None:
         raise SemsimError("give either n or per_class, not both")

@@ -197,8 +197,10 @@ def load_classifier(folder: str | os.PathLike,
                     device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
     """Load a classifier checkpoint folder (eval mode) with one-line errors for a damaged or mismatched one.
 
-    The returned model carries ``image_size`` (from the config), so :func:`check_inputs` also checks the
-    image size when given the model.
+    Returns ``(model, config)``: the :class:`Classifier` with its weights, in eval mode on ``device``, and the
+    checkpoint's ``config.json`` as a dict (architecture, classes, image size, normalisation, accuracies; see
+    docs/contracts.md, section 4). The model carries ``image_size`` (from the config), so
+    :func:`check_inputs` also checks the image size when given the model.
     """
     state, config = load_checkpoint(folder)
     missing = [k for k in REQUIRED_CONFIG if k not in config]
