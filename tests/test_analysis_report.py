@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import shared_path
 from semsim.analysis import analyze
+from semsim.analysis.report import readable
 from semsim.cli import app, main
 from semsim.data.labels import read_labels
 from test_analysis_calibration import make_sets
@@ -38,14 +39,15 @@ def test_report_from_cli_is_self_contained_with_tables_and_figures(tmp_path) -> 
     html = (out / "report.html").read_text()
     assert not EXTERNAL.search(html) and "http://" not in html and "https://" not in html
     assert "<script" not in html and "<link" not in html
-    for heading in ("Set level", "Image level", "Contradiction", "Human ceiling", "Calibration",
+    for heading in ("Summary", "Set level", "Image level", "Tests of differences", "Contradiction",
+                    "Human ceiling", "Calibration",
                     "Where metrics and people disagree most"):
         assert heading in html
     assert html.count("<table") >= 6 and "recognition_rate" in html and "psnr" in html
     pngs = embedded_pngs(html)
     assert len(pngs) >= 6 and all(p.startswith(b"\x89PNG\r\n\x1a\n") for p in pngs)  # 4 + one grid per metric
-    for name in ("set_level", "set_correlations", "image_level", "image_level_by_set", "contradiction",
-                 "calibration"):
+    for name in ("summary", "set_level", "set_correlations", "image_level", "image_level_by_set", "contradiction",
+                 "metric_comparisons", "calibration"):
         table = pd.read_csv(out / f"{name}.csv")
         assert len(table), name
     assert set(pd.read_csv(out / "image_level.csv")["metric"]) == {"psnr", "mse"}
@@ -92,11 +94,80 @@ def test_real_labels_import_and_analyze_commands(tmp_path) -> None:
     assert len(labels) == 8400 and labels["label_source"].eq("import:semsim-cifar100").all()
     assert "--direction dreamsim=lower" in res.output
     res = runner.invoke(app, ["analyze", "--import-semsim-cifar100", str(source), "--out",
-                              str(tmp_path / "r"), "--holdout", "ConvNet", "--bootstrap", "20", "--quiet"])
+                              str(tmp_path / "r"), "--holdout", "convnet", "--bootstrap", "20", "--quiet"])
     assert res.exit_code == 0, res.output
     corr = pd.read_csv(tmp_path / "r" / "set_correlations.csv")
     assert len(corr) == 6 and (corr["n_sets"] == 14).all()
     calib = pd.read_csv(tmp_path / "r" / "calibration.csv")
-    assert (calib["n_sets"] == 7).all() and (calib["split"] == "holdout /ConvNet/").all()
+    assert (calib["n_sets"] == 7).all() and (calib["split"] == "holdout /convnet/").all()
     html = (tmp_path / "r" / "report.html").read_text()
-    assert not EXTERNAL.search(html) and "ResNet20-4" in html and "import:semsim-cifar100" in html
+    assert not EXTERNAL.search(html) and "resnet20-4" in html.lower() and "import:semsim-cifar100" in html
+
+
+def test_cli_name_lists_equal_the_library() -> None:
+    from semsim.analysis.ceiling import TIE_RULES
+    from semsim.cli import analyze as cli_analyze
+    from semsim.metrics.calibrated import METHODS
+
+    assert cli_analyze.TIE_RULES == TIE_RULES and cli_analyze.METHODS == METHODS
+
+
+def test_report_formatting_summary_first_and_provenance(tmp_path) -> None:
+    """On the real labels with the CLIP predictions: the summary comes first, p-values never print as 0.000,
+    counts print as integers, intervals name what they resample, and the imported files are named."""
+    source = shared_path("cifar100_human_labels", "labels.csv")
+    vlm = shared_path("cifar100_human_labels", "vlm_predictions.csv")
+    res = CliRunner().invoke(app, ["analyze", "--import-semsim-cifar100", str(source), "--vlm", str(vlm), "--out",
+                                   str(tmp_path / "r"), "--bootstrap", "30", "--ties", "half", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "ties among the other annotators counted as 'half'" in res.output
+    out = tmp_path / "r"
+    html = (out / "report.html").read_text()
+    assert html.index("<h2>Summary</h2>") < html.index("<h2>Set level</h2>")
+    assert f"Scores: {source} (imported as semsim-cifar100) with CLIP predictions from {vlm}" in html
+    assert "(data frame)" not in html and "8400.000" not in html and ">8400<" in html
+    shown = readable(pd.read_csv(out / "metric_comparisons.csv"))
+    assert not shown[["p", "p_holm", "p_bootstrap"]].isin(["0.000"]).any().any() and "difference 95% CI" in shown
+    assert "replicates over originals (image_id clusters across sets)" in html
+    assert "not distinguishable from it" in html and "a tied majority counts as <b>half</b>" in html
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 22 and set(summary["image_mark"]) <= {"best", "=", "<"}
+    assert (summary["image_mark"] == "best").sum() == 1 and {"calibrated_auroc", "calibrated_ece"} <= set(summary)
+    by_config = pd.read_csv(out / "summary_by_configuration.csv")
+    assert list(by_config["set"]) == sorted(by_config["set"]) and len(by_config) == 14
+    comp = pd.read_csv(out / "metric_comparisons.csv")
+    assert len(comp) == 2 * 22 * 21 // 2 and {"p", "p_holm", "ci_resamples"} <= set(comp.columns)
+    assert (pd.read_csv(out / "human_ceiling.csv")["ties"] == "half").all()
+    for name in ("agreement", "annotators", "model_recognition", "contradiction_per_original"):
+        assert len(pd.read_csv(out / f"{name}.csv")), name
+    assert (out / "figures" / "ceiling.png").is_file()
+    assert (out / "figures" / "contradiction_per_original.png").is_file()
+
+
+def test_lossy_join_exits_2_with_the_count(tmp_path, monkeypatch, capsys) -> None:
+    scores, labels = synthetic(n_sets=3, n=10)
+    scores.to_csv(tmp_path / "s.csv", index=False)
+    labels.iloc[3:].to_csv(tmp_path / "l.csv", index=False)
+    argv = ["semsim", "analyze", str(tmp_path / "s.csv"), "--labels", str(tmp_path / "l.csv"), "--out",
+            str(tmp_path / "r"), "--direction", "noise=higher", "--bootstrap", "0", "--quiet"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 3 scored image(s) of ") and "--allow-missing" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+    res = CliRunner().invoke(app, argv[1:] + ["--allow-missing"])
+    assert res.exit_code == 0, res.output
+    assert "note: 3 scored image(s)" in res.output
+
+
+def test_model_labels_say_evaluator_and_warn_on_circularity(tmp_path) -> None:
+    scores, labels = synthetic(n_sets=3, n=20)
+    scores = scores.rename(columns={"psnr": "mr_prob"})
+    labels["label_source"] = "model:evaluator-x"
+    report = analyze(scores, labels, tmp_path / "r", directions={"mr_prob": True, "mse": False, "noise": True},
+                     n_boot=0)
+    assert any(n.startswith("warning: mr_prob is computed by an evaluation classifier") for n in report.notes)
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert "recognition by the evaluator" in html and "recognized by a majority of the evaluator" in html

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score, roc_curve
+from statsmodels.stats.multitest import multipletests
 
 from semsim.analysis import (
     contradiction_matrix,
@@ -20,7 +21,8 @@ from semsim.analysis import (
     set_level,
 )
 from semsim.analysis.data import judge_matrix
-from semsim.analysis.stats import auroc_rows, kendall_rows, pearson_rows, spearman_rows
+from semsim.analysis.resample import cluster_counts, clustered_auroc, set_draws, weighted_auroc
+from semsim.analysis.stats import auroc_rows, holm, kendall_rows, pearson_rows, spearman_rows
 from semsim.errors import SemsimError
 
 
@@ -98,14 +100,46 @@ def test_set_level_matches_independent_recomputation(data) -> None:
     assert row[[c for c in row.columns if c.endswith("_ci_low")]].notna().all().all()
 
 
-def test_bootstrap_resamples_within_sets(data) -> None:
-    """With one image per set the within-set bootstrap cannot move anything: the interval is a point."""
-    t = data.table.groupby("set").head(1)
-    single = join_scores_labels(t, None, directions=DIRS)
-    _, corr = set_level(single, n_boot=50)
-    r = corr.set_index("metric").loc["psnr"]
-    assert r["spearman_ci_low"] == pytest.approx(r["spearman"])
-    assert r["spearman_ci_high"] == pytest.approx(r["spearman"])
+def test_set_bootstrap_resamples_configurations(data) -> None:
+    """The interval comes from sets drawn with replacement: a loop with scipy over the same draws agrees,
+    and images within a set do not matter (one image per set gives a non-degenerate interval)."""
+    per_set, corr = set_level(data, n_boot=200, seed=3)
+    x = -per_set["mse_mean"].to_numpy()
+    rate = per_set["recognition_rate"].to_numpy()
+    draws = set_draws(len(rate), 200, np.random.default_rng(3))
+    loop = [stats.spearmanr(x[d], rate[d])[0] if np.ptp(x[d]) and np.ptp(rate[d]) else np.nan for d in draws]
+    loop = np.array(loop)[np.isfinite(loop)]
+    row = corr.set_index("metric").loc["mse"]
+    assert row["spearman_ci_low"] == pytest.approx(np.quantile(loop, 0.025), abs=1e-12)
+    assert row["spearman_ci_high"] == pytest.approx(np.quantile(loop, 0.975), abs=1e-12)
+    assert row["ci_resamples"].endswith("over sets (victim configurations)")
+    single = join_scores_labels(data.table.groupby("set").head(1), None, directions=DIRS)
+    r = set_level(single, n_boot=50)[1].set_index("metric").loc["psnr"]
+    assert r["spearman_ci_low"] < r["spearman_ci_high"]
+
+
+def test_holm_matches_statsmodels() -> None:
+    p = np.array([0.01, 0.04, 0.03, 0.2, np.nan, 0.001, 0.04])
+    ok = np.isfinite(p)
+    got = holm(p)
+    assert np.isnan(got[~ok]).all()
+    np.testing.assert_allclose(got[ok], multipletests(p[ok], method="holm")[1], atol=1e-15)
+
+
+def test_clustered_auroc_equals_weighted_sklearn() -> None:
+    """Both resampling paths give, per replicate, sklearn's AUROC with the bootstrap counts as weights."""
+    rng = np.random.default_rng(4)
+    n, clusters = 900, 60
+    codes = rng.integers(0, clusters, n)
+    score = np.round(rng.normal(size=n), 1)  # ties
+    y = rng.random(n) < 0.45
+    counts = cluster_counts(clusters, 30, rng)
+    fast = clustered_auroc(score, y, codes, counts)
+    weights = counts[:, codes]
+    direct = weighted_auroc(score, weights * y, weights * ~y)
+    for b in range(30):
+        ref = roc_auc_score(y, score, sample_weight=weights[b])
+        assert fast[b] == pytest.approx(ref, abs=1e-9) and direct[b] == pytest.approx(ref, abs=1e-12)
 
 
 def test_image_level_matches_sklearn_and_scipy(data) -> None:
@@ -140,20 +174,34 @@ def test_contradiction_matrix_counts_discordant_pairs() -> None:
 
 
 def test_human_ceiling_matches_a_direct_computation(data) -> None:
-    ceiling = human_ceiling(data)
     t = data.table
     votes = t[[f"judge_{k}" for k in range(1, 6)]].to_numpy()
     own = votes[:, 1] == 1  # slot 2
-    others = np.delete(votes, 1, axis=1) == 1
-    target = others.sum(1) > 2  # more than half of 4
-    row = ceiling[(ceiling["predictor"] == "human") & (ceiling["slot"] == "judge_2")].iloc[0]
-    assert row["image_accuracy"] == pytest.approx(np.mean(own == target))
-    assert row["image_auroc"] == pytest.approx(roc_auc_score(target, own))
-    met = ceiling[(ceiling["predictor"] == "psnr") & (ceiling["slot"] == "judge_2")].iloc[0]
-    assert met["image_auroc"] == pytest.approx(roc_auc_score(target, t["psnr"]))
+    n_others = (np.delete(votes, 1, axis=1) == 1).sum(1)
+    tie = n_others == 2  # 2 of 4
+    for ties, keep, target in (("not", np.ones(len(t), bool), n_others > 2), ("exclude", ~tie, n_others > 2)):
+        ceiling = human_ceiling(data, ties=ties)
+        row = ceiling[(ceiling["predictor"] == "human") & (ceiling["slot"] == "judge_2")].iloc[0]
+        assert row["n"] == keep.sum() and row["n_ties"] == tie.sum() and row["ties"] == ties
+        assert row["image_accuracy"] == pytest.approx(np.mean(own[keep] == target[keep]))
+        assert row["image_auroc"] == pytest.approx(roc_auc_score(target[keep], own[keep]))
+        met = ceiling[(ceiling["predictor"] == "psnr") & (ceiling["slot"] == "judge_2")].iloc[0]
+        assert met["image_auroc"] == pytest.approx(roc_auc_score(target[keep], t["psnr"][keep]))
+        fpr = np.mean(own[keep][~target[keep]])
+        curve = roc_curve(target[keep], t["psnr"][keep])
+        assert met["tpr_at_annotator_fpr"] == pytest.approx(np.interp(fpr, curve[0], curve[1]))
     mean = ceiling[(ceiling["predictor"] == "human") & (ceiling["slot"] == "mean")].iloc[0]
     slots = ceiling[(ceiling["predictor"] == "human") & (ceiling["slot"] != "mean")]
     assert mean["image_auroc"] == pytest.approx(slots["image_auroc"].mean()) and len(slots) == 5
+    # half: a tied image is a positive and a negative of weight 1/2 each (sklearn on the expanded sample)
+    half = human_ceiling(data, ties="half")
+    row = half[(half["predictor"] == "psnr") & (half["slot"] == "judge_2")].iloc[0]
+    ys = np.r_[target & ~tie, np.ones(tie.sum(), bool), np.zeros(tie.sum(), bool)]
+    xs = np.r_[t["psnr"].to_numpy(), t["psnr"].to_numpy()[tie], t["psnr"].to_numpy()[tie]]
+    w = np.r_[np.where(tie, 0.0, 1.0), np.full(2 * tie.sum(), 0.5)]
+    assert row["image_auroc"] == pytest.approx(roc_auc_score(ys, xs, sample_weight=w))
+    with pytest.raises(SemsimError, match="ties 'maybe'"):
+        human_ceiling(data, ties="maybe")
 
 
 def test_judges_as_chosen_classes_compare_with_the_true_label() -> None:
@@ -175,17 +223,23 @@ def test_directions_explicit_registry_and_unknown() -> None:
         resolve_directions(["psnr", "made_up"])
 
 
-def test_join_reports_unmatched_and_bad_rows() -> None:
+def test_join_stops_when_rows_are_lost_unless_allowed() -> None:
     scores, labels = synthetic(n_sets=2, n=10)
     scores.loc[5, "psnr"] = np.nan
     scores = pd.concat([scores, scores.iloc[:1].assign(image_id="extra")], ignore_index=True)
-    data = join_scores_labels(scores, labels.iloc[1:], directions=DIRS)
+    labels = pd.concat([labels.iloc[1:], labels.iloc[:1].assign(image_id="unscored")], ignore_index=True)
+    with pytest.raises(SemsimError, match=r"^2 scored image\(s\) of score table have no match \(set 'set0' image "
+                                          r"'img0'.*; 1 labelled image\(s\) of label table have no match \(set "
+                                          r"'set0' image 'unscored'.*--allow-missing to analyse only the 19"):
+        join_scores_labels(scores, labels, directions=DIRS)
+    data = join_scores_labels(scores, labels, directions=DIRS, allow_missing=True)
     assert len(data.table) == 18
-    assert any("no label" in n for n in data.notes) and any("missing metric value" in n for n in data.notes)
+    assert any("no match" in n and "--allow-missing" in n for n in data.notes)
+    assert any("missing metric value" in n for n in data.notes)
     with pytest.raises(SemsimError, match="no \\(set, image_id\\) pair"):
-        join_scores_labels(scores.assign(set=scores["set"] + "x"), labels, directions=DIRS)
+        join_scores_labels(scores.assign(set=scores["set"] + "x"), labels, directions=DIRS, allow_missing=True)
     with pytest.raises(SemsimError, match="no metric column"):
-        join_scores_labels(scores, labels, metrics=["lpips"], directions=DIRS)
+        join_scores_labels(scores, labels, metrics=["lpips"], directions=DIRS, allow_missing=True)
 
 
 def test_infinite_values_keep_their_rank() -> None:

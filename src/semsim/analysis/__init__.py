@@ -15,21 +15,26 @@ from semsim.analysis.calibration import (
     heldout_summary,
     load_calibration,
 )
+from semsim.analysis.ceiling import human_ceiling
+from semsim.analysis.compare import metric_comparisons
+from semsim.analysis.contradiction import contradiction_matrix, per_original_contradiction
 from semsim.analysis.data import (
     SEMSIM_CIFAR100_DIRECTIONS,
     AnalysisData,
     import_semsim_cifar100,
+    imported_directions,
     join_scores_labels,
     parse_directions,
     resolve_directions,
 )
 from semsim.analysis.report import AnalysisReport, analyze, run_analysis
-from semsim.analysis.stats import contradiction_matrix, human_ceiling, image_level, set_level
+from semsim.analysis.stats import image_level, set_level
 
 __all__ = [
     "SEMSIM_CIFAR100_DIRECTIONS", "AnalysisData", "AnalysisReport", "Calibration", "analyze",
     "calibration_table", "contradiction_matrix", "estimate_rates", "expected_calibration_error",
     "expected_recognition", "fit_calibration", "heldout_evaluation", "heldout_summary", "human_ceiling", "image_level",
-    "import_semsim_cifar100", "join_scores_labels", "load_calibration", "parse_directions",
-    "resolve_directions", "run_analysis", "set_level",
+    "import_semsim_cifar100", "imported_directions", "join_scores_labels", "load_calibration",
+    "metric_comparisons", "parse_directions", "per_original_contradiction", "resolve_directions", "run_analysis",
+    "set_level",
 ]

@@ -14,21 +14,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import stats
 
+from semsim.analysis.ceiling import target_weights, weighted_roc
 from semsim.analysis.data import AnalysisData, judge_matrix
-from semsim.analysis.stats import _majority_of, aligned
+from semsim.analysis.resample import weighted_auroc
 from semsim.data.images import read_array
 from semsim.data.labels import majority
 from semsim.errors import SemsimError
+from semsim.metrics.registry import aligned
 
 
 def new_figure(width: float, height: float) -> Figure:
-    """A matplotlib figure on the Agg canvas (no display needed), laid out automatically."""
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    """A matplotlib figure on the Agg canvas (no display needed). Margins are set by the caller
+    (``subplots_adjust``): automatic layout engines cost more than the statistics on large grids."""
+    fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
 
 
-def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+def png_bytes(fig: Figure, dpi: int = 90) -> bytes:
     """The figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -51,98 +54,151 @@ def regression_band(x: np.ndarray, y: np.ndarray, grid: np.ndarray, level: float
     return fit, fit - half, fit + half
 
 
-def _grid_shape(n: int, ncols: int = 3) -> tuple[int, int]:
-    ncols = min(ncols, n)
-    return -(-n // ncols), ncols
-
-
-def scatter_figure(per_set: pd.DataFrame, correlations: pd.DataFrame, metrics: list[str]) -> Figure:
-    """Per metric: set means (x) against the human recognition rate (y), regression line and 95% band."""
-    nrows, ncols = _grid_shape(len(metrics))
-    fig = new_figure(3.3 * ncols, 2.9 * nrows)
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    y = per_set["recognition_rate"].to_numpy()
-    for ax, m in zip(axes, metrics, strict=False):
-        x = per_set[f"{m}_mean"].to_numpy()
-        ax.scatter(x, y, s=18, color="tab:blue", zorder=3)
-        if len(x) >= 2 and np.ptp(x) > 0:
-            grid = np.linspace(x.min(), x.max(), 100)
-            fit, lo, hi = regression_band(x, y, grid)
-            ax.plot(grid, fit, color="tab:red", lw=1.2)
-            ax.fill_between(grid, lo, hi, color="tab:red", alpha=0.15, lw=0)
-        row = correlations.set_index("metric").loc[m]
-        ax.set_title(f"{m}\nSpearman {row['spearman']:+.2f}, Kendall {row['kendall']:+.2f}", fontsize=9)
-        ax.set_xlabel(f"mean {m}", fontsize=8)
-        ax.set_ylabel("human recognition rate", fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(metrics):]:
+def _grid(n: int, ncols: int, width: float, height: float, sharey: bool = False) -> tuple[Figure, np.ndarray]:
+    """A figure with ``n`` small panels in rows of ``ncols``; unused panels hidden."""
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = new_figure(width * ncols, height * nrows + 0.3)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey).ravel()
+    fig.subplots_adjust(left=0.08 / ncols ** 0.5, right=0.98, bottom=0.35 / nrows ** 0.8 / 2 + 0.02,
+                        top=1 - 0.45 / (height * nrows + 0.3), wspace=0.35, hspace=0.65)
+    for ax in axes[n:]:
         ax.set_visible(False)
+    return fig, axes
+
+
+def scatter_figure(per_set: pd.DataFrame, correlations: pd.DataFrame, metrics: list[str],
+                   rate_label: str = "human recognition rate") -> Figure:
+    """Per metric: set means (x) against the recognition rate (y), regression line and 95% band; each point
+    is numbered by its row in the per-set table (1 = first set by name)."""
+    fig, axes = _grid(len(metrics), 4, 2.9, 2.5, sharey=True)
+    y = per_set["recognition_rate"].to_numpy()
+    row_of = correlations.set_index("metric")
+    for k_ax, (ax, m) in enumerate(zip(axes, metrics, strict=False)):
+        x = per_set[f"{m}_mean"].to_numpy()
+        ax.scatter(x, y, s=12, color="tab:blue", zorder=3)
+        for k, (xi, yi) in enumerate(zip(x, y, strict=True)):
+            ax.annotate(str(k + 1), (xi, yi), xytext=(2, 2), textcoords="offset points", fontsize=5.5)
+        if len(x) >= 2 and np.ptp(x) > 0:
+            grid = np.linspace(x.min(), x.max(), 50)
+            fit, lo, hi = regression_band(x, y, grid)
+            ax.plot(grid, fit, color="tab:red", lw=1.0)
+            ax.fill_between(grid, lo, hi, color="tab:red", alpha=0.15, lw=0)
+        row = row_of.loc[m]
+        ax.set_title(f"{m}\nSpearman {row['spearman']:+.2f}, Kendall {row['kendall']:+.2f}", fontsize=7)
+        ax.set_xlabel(f"mean {m}", fontsize=6)
+        if k_ax % 4 == 0:
+            ax.set_ylabel(rate_label, fontsize=6)
+        ax.tick_params(labelsize=5.5)
+        ax.locator_params(axis="x", nbins=3)
     return fig
 
 
-def roc_figure(data: AnalysisData) -> Figure:
-    """Image-level ROC curves of every metric against the majority label, with each annotator's operating
-    point against the other annotators' majority (the human ceiling) as crosses."""
-    from sklearn.metrics import roc_auc_score, roc_curve
+ROC_GRID = np.linspace(0, 1, 201)
 
+
+def roc_points(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve read at 201 false-positive rates (linear between its points): enough to draw, and the
+    figure no longer grows with the number of images."""
+    fpr, tpr = weighted_roc(score, pos, neg)
+    return ROC_GRID, np.interp(ROC_GRID, fpr, tpr)
+
+
+def roc_figure(data: AnalysisData, target_label: str = "recognized by the majority of people") -> Figure:
+    """Image-level ROC curves of every metric against one target: the majority of all judges."""
     t = data.table
     y = majority(t).to_numpy()
-    fig = new_figure(5.2, 4.6)
+    fig = new_figure(5.6, 4.8)
     ax = fig.subplots()
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.1, top=0.95)
     if y.min() == y.max():
         ax.text(0.5, 0.5, "only one class: no ROC curve", ha="center")
         return fig
+    pos, neg = y.astype(float), (~y).astype(float)
     for m in data.metrics:
         s = aligned(t[m].to_numpy(), data.directions[m])
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, lw=1.3, label=f"{m} (AUROC {roc_auc_score(y, s):.3f})")
-    judges, cols = judge_matrix(t)
-    for k in range(len(cols)):
-        target, n_others = _majority_of(np.delete(judges, k, axis=1))
-        keep = np.isfinite(judges[:, k]) & (n_others > 0)
-        yt, own = target[keep], judges[keep, k] > 0.5
-        if len(yt) == 0 or yt.min() == yt.max():
-            continue
-        ax.plot(np.mean(own[~yt]), np.mean(own[yt]), "kx", ms=7,
-                label="one annotator vs the others' majority" if k == 0 else None)
+        ax.plot(*roc_points(s, pos, neg), lw=1.0, label=f"{m} ({weighted_auroc(s, pos, neg):.3f})")
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate (recognized by majority)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylabel(f"true positive rate ({target_label})", fontsize=8)
+    ax.legend(fontsize=5.5, loc="lower right", ncol=2 if len(data.metrics) > 8 else 1, title="AUROC",
+              title_fontsize=6)
     return fig
 
 
-def matrix_figure(matrix: pd.DataFrame) -> Figure:
-    """The contradiction matrix as an annotated heat map."""
+def ceiling_figure(data: AnalysisData, ties: str) -> Figure | None:
+    """One panel per annotator slot, one target per panel (the majority of the other annotators, ties as
+    ``ties``): every metric's ROC curve and the annotator's own operating point. None without judges."""
+    judges, cols = judge_matrix(data.table)
+    if not cols:
+        return None
+    fig, axes = _grid(len(cols), 3, 3.2, 3.0)
+    for k, (ax, col) in enumerate(zip(axes, cols, strict=False)):
+        pos, neg, _ = target_weights(np.delete(judges, k, axis=1), ties)
+        keep = np.isfinite(judges[:, k]) & (pos + neg > 0)
+        pos, neg = pos[keep], neg[keep]
+        if pos.sum() == 0 or neg.sum() == 0:
+            ax.set_visible(False)
+            continue
+        for m in data.metrics:
+            s = aligned(data.table[m].to_numpy(), data.directions[m])[keep]
+            ax.plot(*roc_points(s, pos, neg), lw=0.7)
+        own = judges[keep, k]
+        ax.plot(own @ neg / neg.sum(), own @ pos / pos.sum(), "k*", ms=9, label=f"annotator {col}")
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.6, ls="--")
+        ax.set_title(f"target: majority of the others (ties: {ties})", fontsize=6.5)
+        ax.set_xlabel("false positive rate", fontsize=6)
+        ax.set_ylabel("true positive rate", fontsize=6)
+        ax.tick_params(labelsize=5.5)
+        ax.legend(fontsize=6, loc="lower right")
+    return fig
+
+
+MAX_ANNOTATED = 12
+
+
+def matrix_figure(matrix: pd.DataFrame, label: str = "share of set pairs ordered oppositely") -> Figure:
+    """A predictor x predictor share matrix as an annotated heat map (0 to 0.5)."""
     n = len(matrix)
-    fig = new_figure(1.0 + 0.75 * n, 0.8 + 0.65 * n)
+    size = 1.2 + 0.42 * n
+    fig = new_figure(size + 1.0, size)
     ax = fig.subplots()
-    im = ax.imshow(matrix.to_numpy(), vmin=0, vmax=0.5, cmap="Reds")
-    ax.set_xticks(range(n), matrix.columns, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), matrix.index, fontsize=8)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{matrix.iat[i, j]:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(im, ax=ax, label="share of set pairs ordered oppositely", shrink=0.8)
+    fig.subplots_adjust(left=0.3, right=0.95, bottom=0.3, top=0.97)
+    im = ax.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=0.5, cmap="Reds")
+    ax.set_xticks(range(n), matrix.columns, rotation=60, ha="right", fontsize=6)
+    ax.set_yticks(range(n), matrix.index, fontsize=6)
+    if n <= MAX_ANNOTATED:  # beyond, the numbers are unreadable (they are in the CSV)
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{matrix.iat[i, j]:.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8)
     return fig
 
 
 def reliability_figure(data: AnalysisData, probs: pd.DataFrame, bins: int = 10) -> Figure:
-    """Reliability diagram of the held-out calibrated probabilities of each metric."""
+    """Reliability diagram of the held-out calibrated probabilities of each metric, with the number of images
+    in each bin (bottom panel, log scale)."""
     y = majority(data.table).to_numpy(dtype=float)
-    fig = new_figure(5.2, 4.6)
-    ax = fig.subplots()
+    fig = new_figure(5.6, 5.6)
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.09, top=0.97, hspace=0.08)
+    centres = (np.arange(bins) + 0.5) / bins
     for m in data.metrics:
         p = probs[f"p_{m}"].to_numpy()
         ok = np.isfinite(p)
         idx = np.minimum((p[ok] * bins).astype(int), bins - 1)
-        xs = [p[ok][idx == b].mean() for b in range(bins) if (idx == b).any()]
-        ys = [y[ok][idx == b].mean() for b in range(bins) if (idx == b).any()]
-        ax.plot(xs, ys, "o-", ms=3, lw=1.1, label=m)
+        count = np.bincount(idx, minlength=bins)
+        filled = count > 0
+        xs = np.bincount(idx, weights=p[ok], minlength=bins)[filled] / count[filled]
+        ys = np.bincount(idx, weights=y[ok], minlength=bins)[filled] / count[filled]
+        line, = ax.plot(xs, ys, "o-", ms=2.5, lw=0.9, label=m)
+        hist.plot(centres[filled], count[filled], "o-", ms=2, lw=0.7, color=line.get_color())
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
-    ax.set_xlabel("predicted P(recognized), held-out sets")
     ax.set_ylabel("observed share recognized by majority")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=5.5, ncol=2 if len(data.metrics) > 8 else 1)
+    hist.set_yscale("log")
+    hist.set_ylabel("images per bin", fontsize=7)
+    hist.set_xlabel("predicted P(recognized), held-out sets")
     return fig
 
 

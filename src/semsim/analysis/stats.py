@@ -11,7 +11,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from semsim.analysis.data import AnalysisData, judge_matrix
+from semsim.analysis.data import AnalysisData
+from semsim.analysis.resample import (
+    RESAMPLES_SETS,
+    cluster_counts,
+    clustered_auroc,
+    describe,
+    image_clusters,
+    percentile_interval,
+    set_draws,
+)
 from semsim.data.labels import majority
 from semsim.metrics.registry import aligned
 
@@ -58,67 +67,99 @@ def auroc(score: np.ndarray, positive: np.ndarray) -> float:
     return float(auroc_rows(np.asarray(score, float), np.asarray(positive))[0])
 
 
-def _ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+def holm(p: np.ndarray | list[float]) -> np.ndarray:
+    """Holm's step-down adjustment of a family of p-values (Holm, 1979, "A simple sequentially rejective
+    multiple test procedure"): the i-th smallest becomes max_{j <= i} min(1, (m - j + 1) p_(j)). NaN entries
+    are left out of the family and stay NaN."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if not len(ok):
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
 
 
-def _groups(data: AnalysisData) -> list[np.ndarray]:
-    """Row indices of each set, in order of first appearance."""
-    codes, _ = pd.factorize(data.table["set"])
-    return [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+def set_groups(table: pd.DataFrame) -> tuple[list[str], list[np.ndarray]]:
+    """Set names sorted by name, and the row indices of each."""
+    names = sorted(table["set"].astype(str).unique())
+    codes = pd.Categorical(table["set"].astype(str), categories=names).codes
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return names, [order[bounds[g]:bounds[g + 1]] for g in range(len(names))]
 
 
-def _bootstrap_indices(groups: list[np.ndarray], n_boot: int, seed: int) -> list[np.ndarray]:
-    """Per set, ``(n_boot, n_set)`` row indices drawn with replacement within the set."""
-    rng = np.random.default_rng(seed)
-    return [g[rng.integers(0, len(g), size=(n_boot, len(g)))] for g in groups]
+CORRELATIONS = {"spearman": (stats.spearmanr, spearman_rows), "kendall": (stats.kendalltau, kendall_rows),
+                "pearson": (stats.pearsonr, pearson_rows)}
 
 
-def set_level(data: AnalysisData, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The paper's protocol: per set, each metric's mean and the human recognition rate; then across sets,
-    Spearman / Kendall / Pearson of the aligned means with the rate, p-values (scipy) and percentile-bootstrap
-    95% intervals resampling images within each set.
-
-    Returns (per-set table, correlation table with one row per metric).
-    """
+def per_set_table(data: AnalysisData) -> pd.DataFrame:
+    """Per set (sorted by name): size, the majority recognition rate, the mean recognized share and each
+    metric's mean."""
     t = data.table
-    groups = _groups(data)
+    names, groups = set_groups(t)
     rec = majority(t).to_numpy(dtype=float)
     share = t["recognized"].to_numpy(dtype=float)
     values = t[data.metrics].to_numpy(dtype=float)
     rows = []
-    for g in groups:
-        row = {"set": t["set"].iloc[g[0]], "n": len(g), "recognition_rate": rec[g].mean(),
-               "mean_recognized_share": share[g].mean()}
+    for name, g in zip(names, groups, strict=True):
+        row = {"set": name, "n": len(g), "recognition_rate": rec[g].mean(), "mean_recognized_share": share[g].mean()}
         row.update({f"{m}_mean": values[g, k].mean() for k, m in enumerate(data.metrics)})
         rows.append(row)
-    per_set = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def aligned_set_means(per_set: pd.DataFrame, metrics: list[str], directions: dict[str, bool]) -> np.ndarray:
+    """``(n_sets, n_metrics)`` set means oriented so that larger means more leakage."""
+    return np.stack([aligned(per_set[f"{m}_mean"].to_numpy(), directions[m]) for m in metrics], axis=1)
+
+
+def set_replicates(per_set: pd.DataFrame, metrics: list[str], directions: dict[str, bool], n_boot: int,
+                   seed: int) -> dict[str, np.ndarray]:
+    """Configuration bootstrap: per correlation, ``(n_boot, n_metrics)`` replicates of the correlation
+    between aligned set means and the recognition rate over sets drawn with replacement."""
+    x = aligned_set_means(per_set, metrics, directions)
+    rate = per_set["recognition_rate"].to_numpy(dtype=float)
+    idx = set_draws(len(rate), n_boot, np.random.default_rng(seed))
+    xb = np.moveaxis(x[idx], -1, 0)  # (M, B, S)
+    rb = rate[idx][None]
+    return {name: rows(xb, np.broadcast_to(rb, xb.shape)).T for name, (_, rows) in CORRELATIONS.items()}
+
+
+def set_level(data: AnalysisData, n_boot: int = 1000, seed: int = 0,
+              replicates: dict[str, np.ndarray] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The paper's protocol: per set, each metric's mean and the majority recognition rate; then across
+    sets, Spearman / Kendall / Pearson of the aligned means with the rate, p-values (scipy), Holm-adjusted
+    p-values over the whole table, and 95% percentile intervals from the configuration bootstrap (sets drawn
+    with replacement, :func:`set_replicates`).
+
+    Returns (per-set table, correlation table with one row per metric).
+    """
+    per_set = per_set_table(data)
     rate = per_set["recognition_rate"].to_numpy()
-    boot = _bootstrap_indices(groups, n_boot, seed) if n_boot else []
-    boot_rate = np.stack([rec[b].mean(1) for b in boot], axis=1) if boot else None  # (B, S)
-    corr_rows = []
+    x = aligned_set_means(per_set, data.metrics, data.directions)
+    if replicates is None and n_boot:
+        replicates = set_replicates(per_set, data.metrics, data.directions, n_boot, seed)
+    rows = []
     for k, m in enumerate(data.metrics):
-        x = aligned(per_set[f"{m}_mean"].to_numpy(), data.directions[m])
-        row: dict = {"metric": m, "higher_is_more_leakage": data.directions[m], "n_sets": len(groups)}
-        enough = len(groups) >= 3 and np.ptp(x) > 0 and np.ptp(rate) > 0
-        tests = {"spearman": stats.spearmanr, "kendall": stats.kendalltau, "pearson": stats.pearsonr}
-        boot_x = (np.stack([aligned(values[b, k], data.directions[m]).mean(1) for b in boot], axis=1)
-                  if boot else None)
-        rowwise = {"spearman": spearman_rows, "kendall": kendall_rows, "pearson": pearson_rows}
-        for name, test in tests.items():
-            if enough:
-                res = test(x, rate)
-                row[name], row[f"{name}_p"] = float(res[0]), float(res[1])
-            else:
-                row[name] = row[f"{name}_p"] = float("nan")
-            lo, hi = _ci(rowwise[name](boot_x, boot_rate)) if boot and enough else (float("nan"),) * 2
+        row: dict = {"metric": m, "higher_is_more_leakage": data.directions[m], "n_sets": len(per_set)}
+        enough = len(per_set) >= 3 and np.ptp(x[:, k]) > 0 and np.ptp(rate) > 0
+        for name, (test, _) in CORRELATIONS.items():
+            res = test(x[:, k], rate) if enough else (float("nan"), float("nan"))
+            row[name], row[f"{name}_p"] = float(res[0]), float(res[1])
+            lo, hi = percentile_interval(replicates[name][:, k]) if replicates and enough else (float("nan"),) * 2
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = lo, hi
-        corr_rows.append(row)
-    return per_set, pd.DataFrame(corr_rows)
+        row["ci_resamples"] = describe(RESAMPLES_SETS, n_boot if replicates else 0)
+        rows.append(row)
+    corr = pd.DataFrame(rows)
+    p_cols = [f"{name}_p" for name in CORRELATIONS]
+    adjusted = holm(corr[p_cols].to_numpy().ravel()).reshape(len(corr), len(p_cols))
+    for j, c in enumerate(p_cols):
+        corr.insert(corr.columns.get_loc(c) + 1, f"{c}_holm", adjusted[:, j])
+    return per_set, corr
 
 
 def n_recognized(table: pd.DataFrame) -> np.ndarray:
@@ -126,108 +167,48 @@ def n_recognized(table: pd.DataFrame) -> np.ndarray:
     return np.round(table["recognized"].to_numpy(float) * table["n_judges"].to_numpy(float))
 
 
-def image_level(data: AnalysisData, n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per metric: AUROC of the aligned value against the majority label (bootstrap 95% interval resampling
-    images within sets) and Spearman's rho with the number of judges who recognized; then the same per set.
+def auroc_replicates(data: AnalysisData, n_boot: int, seed: int) -> tuple[np.ndarray, str]:
+    """``(n_boot, n_metrics)`` bootstrap replicates of each metric's AUROC for the majority label, resampling
+    originals (``image_id`` clusters, :func:`~semsim.analysis.resample.image_clusters`), and what was
+    resampled. The same draws serve every metric, so differences between metrics are paired."""
+    t = data.table
+    codes, unit = image_clusters(t)
+    counts = cluster_counts(int(codes.max()) + 1, n_boot, np.random.default_rng(seed + 1))
+    pos = majority(t).to_numpy()
+    out = np.stack([clustered_auroc(aligned(t[m].to_numpy(), data.directions[m]), pos, codes, counts)
+                    for m in data.metrics], axis=1)
+    return out, unit
+
+
+def image_level(data: AnalysisData, n_boot: int = 1000, seed: int = 0,
+                replicates: tuple[np.ndarray, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per metric: AUROC of the aligned value against the majority label with a 95% interval from the
+    bootstrap over originals (:func:`auroc_replicates`), and Spearman's rho with the number of judges who
+    recognized (Holm-adjusted over the metrics); then AUROC and rho per set (sets sorted by name).
 
     Returns (overall table, per-set table).
     """
     t = data.table
     pos = majority(t).to_numpy()
     count = n_recognized(t)
-    groups = _groups(data)
-    boot = np.concatenate(_bootstrap_indices(groups, n_boot, seed + 1), axis=1) if n_boot else None
+    names, groups = set_groups(t)
+    if replicates is None and n_boot:
+        replicates = auroc_replicates(data, n_boot, seed)
     overall, by_set = [], []
-    for m in data.metrics:
+    for k, m in enumerate(data.metrics):
         s = aligned(t[m].to_numpy(), data.directions[m])
         rho = stats.spearmanr(s, count) if np.ptp(count) > 0 else (np.nan, np.nan)
-        lo, hi = _ci(auroc_rows(s[boot], pos[boot])) if boot is not None else (float("nan"),) * 2
+        lo, hi = percentile_interval(replicates[0][:, k]) if replicates else (float("nan"),) * 2
         overall.append({"metric": m, "higher_is_more_leakage": data.directions[m], "n": len(t),
                         "auroc": auroc(s, pos), "auroc_ci_low": lo, "auroc_ci_high": hi,
+                        "ci_resamples": describe(replicates[1], n_boot) if replicates else describe("", 0),
                         "spearman_n_recognized": float(rho[0]), "spearman_p": float(rho[1])})
-        for g in groups:
+        for name, g in zip(names, groups, strict=True):
             varies = np.ptp(count[g]) > 0 and np.ptp(s[g]) > 0
             r = stats.spearmanr(s[g], count[g]) if varies else (np.nan,) * 2
-            by_set.append({"set": t["set"].iloc[g[0]], "metric": m, "n": len(g),
-                           "recognition_rate": pos[g].mean(), "auroc": auroc(s[g], pos[g]),
-                           "spearman_n_recognized": float(r[0]), "spearman_p": float(r[1])})
-    return pd.DataFrame(overall), pd.DataFrame(by_set)
-
-
-def contradiction_matrix(per_set: pd.DataFrame, metrics: list[str], directions: dict[str, bool],
-                         include_humans: bool = True) -> pd.DataFrame:
-    """Share of set pairs that two metrics order in opposite ways (Sun et al., Sec. 3: metrics contradict
-    each other). Entry (a, b): over all pairs of sets i < j, the fraction with sign(a_i - a_j) * sign(b_i -
-    b_j) < 0, on aligned set means; a tie in either is not a contradiction. ``humans`` is the recognition
-    rate. Without ties this equals (1 - Kendall's tau) / 2.
-    """
-    cols = {m: aligned(per_set[f"{m}_mean"].to_numpy(), directions[m]) for m in metrics}
-    if include_humans:
-        cols["humans"] = per_set["recognition_rate"].to_numpy(dtype=float)
-    i, j = np.triu_indices(len(per_set), 1)
-    signs = {k: np.sign(v[i] - v[j]) for k, v in cols.items()}
-    names = list(cols)
-    mat = np.full((len(names), len(names)), np.nan)
-    for a, na in enumerate(names):
-        for b, nb in enumerate(names):
-            if len(i):
-                mat[a, b] = float(np.mean(signs[na] * signs[nb] < 0))
-    return pd.DataFrame(mat, index=pd.Index(names, name="metric"), columns=names)
-
-
-CEILING_COLUMNS = ("n", "image_auroc", "image_accuracy", "set_spearman")
-
-
-def _majority_of(judges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Majority (> half recognized) of the present judgments per row, and how many are present."""
-    n = np.isfinite(judges).sum(1)
-    with np.errstate(invalid="ignore"):
-        share = np.nansum(judges, axis=1) / np.where(n > 0, n, 1)
-    return share > 0.5, n
-
-
-def human_ceiling(data: AnalysisData) -> pd.DataFrame:
-    """Leave-one-annotator-out: how well one judge predicts the majority of the others.
-
-    For each judge slot k, the target is the majority of the other judges of each image; annotator k's own
-    judgment is scored by AUROC (for a yes/no predictor, the balanced accuracy) and accuracy, and each metric
-    by AUROC on the same images and target. ``set_spearman``: Spearman's rho across sets between the
-    predictor's set mean (judge k's recognition rate, or the aligned metric mean) and the others' majority
-    rate. Rows ``slot == "mean"`` average over slots. Empty when the table has no ``judge_<k>`` columns.
-    """
-    judges, cols = judge_matrix(data.table)
-    if not cols:
-        return pd.DataFrame(columns=["predictor", "slot", *CEILING_COLUMNS])
-    t = data.table
-    set_codes, _ = pd.factorize(t["set"])
-    rows = []
-    for k, col in enumerate(cols):
-        others = np.delete(judges, k, axis=1)
-        target, n_others = _majority_of(others)
-        keep = np.isfinite(judges[:, k]) & (n_others > 0)
-        if keep.sum() < 2:
-            continue
-        y = target[keep]
-        codes = set_codes[keep]
-        sets = np.unique(codes)
-        rate = np.array([y[codes == s].mean() for s in sets])
-
-        def set_rho(pred: np.ndarray, codes=codes, sets=sets, rate=rate) -> float:
-            means = np.array([pred[codes == s].mean() for s in sets])
-            if len(sets) < 3 or np.ptp(means) == 0 or np.ptp(rate) == 0:
-                return float("nan")
-            return float(stats.spearmanr(means, rate)[0])
-
-        own = judges[keep, k]
-        rows.append({"predictor": "human", "slot": col, "n": int(keep.sum()), "image_auroc": auroc(own, y),
-                     "image_accuracy": float(np.mean((own > 0.5) == y)), "set_spearman": set_rho(own)})
-        for m in data.metrics:
-            s = aligned(t[m].to_numpy(), data.directions[m])[keep]
-            rows.append({"predictor": m, "slot": col, "n": int(keep.sum()), "image_auroc": auroc(s, y),
-                         "image_accuracy": float("nan"), "set_spearman": set_rho(s)})
-    out = pd.DataFrame(rows)
-    if not len(out):
-        return out
-    means = out.groupby("predictor", sort=False)[list(CEILING_COLUMNS)].mean()
-    means = means.reset_index().assign(slot="mean")
-    return pd.concat([out, means[out.columns]], ignore_index=True)
+            by_set.append({"set": name, "metric": m, "n": len(g), "recognition_rate": pos[g].mean(),
+                           "auroc": auroc(s[g], pos[g]), "spearman_n_recognized": float(r[0]),
+                           "spearman_p": float(r[1])})
+    out = pd.DataFrame(overall)
+    out["spearman_p_holm"] = holm(out["spearman_p"].to_numpy())
+    return out, pd.DataFrame(by_set)
