@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 import semsim.grid as grids  # a lazy package: each command imports what it uses when it runs
+from semsim.errors import SemsimError
 
 grid_app = typer.Typer(help="Run attack grids and scoring jobs (local process pool or a Ray cluster).",
                        no_args_is_help=True)
@@ -70,7 +71,15 @@ def run_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
 ) -> None:
     """Run the grid's unfinished tasks, retrying failures; merge finished sets and scores."""
-    plan = grids.build_plan(grids.load_grid(grid))
+    from semsim.common.checks import check_device
+
+    spec = grids.load_grid(grid)
+    if ray is None:  # local workers compute here; Ray nodes may have GPUs this machine lacks
+        try:
+            check_device(spec.device, option="device:")
+        except SemsimError as exc:
+            raise SemsimError(f"{grid}: {exc}") from None
+    plan = grids.build_plan(spec)
     report = grids.run_plan(plan, workers=workers, ray=ray, retries=retries, threads=threads,
                       gpus_per_task=gpus_per_task, show_progress=not quiet)
     skipped = sum(1 for s in report.states.values() if s.skipped)

@@ -18,18 +18,19 @@ _DEVICE = re.compile(r"^(cpu|mps|cuda)(:(\d+))?$")
 _ALIASES = {"gpu": "cuda", "nvidia": "cuda", "cuda0": "cuda:0", "metal": "mps"}
 
 
-def check_device(name: str) -> str:
+def check_device(name: str, option: str = "--device") -> str:
     """Return ``name`` (stripped, lower case) if torch can compute on that device here.
 
     Raises :class:`SemsimError` for a name torch does not know (``gpu`` -> use ``cuda``), for ``cuda`` on a
     machine or torch build without a usable CUDA GPU, for ``cuda:N`` beyond the GPUs present, and for ``mps``
-    where Apple's Metal backend is absent.
+    where Apple's Metal backend is absent. ``option`` is how the user gave it (``--device``, a grid file's
+    ``device:``), for the message.
     """
     value = str(name).strip().lower()
     m = _DEVICE.match(value)
     if m is None:
         hint = f"; did you mean {_ALIASES[value]}?" if value in _ALIASES else ""
-        raise SemsimError(f"--device {name}: not a torch device; use cpu, cuda, cuda:N or mps{hint}")
+        raise SemsimError(f"{option} {name}: not a torch device; use cpu, cuda, cuda:N or mps{hint}")
     kind, index = m[1], m[3]
     if kind == "cpu":
         return value
@@ -37,17 +38,17 @@ def check_device(name: str) -> str:
 
     if kind == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise SemsimError(f"--device {name}: Apple's Metal (mps) backend is not available here; use "
-                              "--device cpu")
+            raise SemsimError(f"{option} {name}: Apple's Metal (mps) backend is not available here; use "
+                              f"{option} cpu")
         return value
     if not torch.cuda.is_available():
         build = f"torch {torch.__version__} built without CUDA" if torch.version.cuda is None else (
             f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU")
-        raise SemsimError(f"--device {name}: no CUDA GPU here ({build}); use --device cpu, or install a "
+        raise SemsimError(f"{option} {name}: no CUDA GPU here ({build}); use {option} cpu, or install a "
                           "CUDA build of torch on a machine with an NVIDIA GPU")
     count = torch.cuda.device_count()
     if index is not None and int(index) >= count:
-        raise SemsimError(f"--device {name}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
+        raise SemsimError(f"{option} {name}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1}); "
                           "pick one of those")
     return value
 
