@@ -211,6 +211,23 @@ def resolve_image(path: object, base_dirs: list[Path]) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def _readable_pairs(data: AnalysisData, rows: list[int], k: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The first ``k`` of ``rows`` whose original and reconstruction can be read: (row, original, reconstruction)."""
+    cells = []
+    for i in rows:
+        if len(cells) == k:
+            break
+        ori = resolve_image(data.table["original"].iloc[i], data.base_dirs)
+        rec = resolve_image(data.table["reconstruction"].iloc[i], data.base_dirs)
+        if ori is None or rec is None:
+            continue
+        try:
+            cells.append((i, read_array(ori), read_array(rec)))
+        except SemsimError:
+            continue
+    return cells
+
+
 def disagreement_figure(data: AnalysisData, metric: str, k: int = 4) -> Figure | None:
     """Pairs where ``metric`` and people disagree most: the k images the metric ranks as most leaking that
     the majority did not recognize, and the k it ranks as least leaking that the majority recognized.
@@ -223,21 +240,7 @@ def disagreement_figure(data: AnalysisData, metric: str, k: int = 4) -> Figure |
     order = np.argsort(s, kind="stable")
     picks = [("metric: most leakage; people: not recognized", [i for i in order[::-1] if not pos[i]]),
              ("metric: least leakage; people: recognized", [i for i in order if pos[i]])]
-    groups = []
-    for title, rows in picks:
-        cells = []
-        for i in rows:
-            if len(cells) == k:
-                break
-            ori = resolve_image(t["original"].iloc[i], data.base_dirs)
-            rec = resolve_image(t["reconstruction"].iloc[i], data.base_dirs)
-            if ori is None or rec is None:
-                continue
-            try:
-                cells.append((i, read_array(ori), read_array(rec)))
-            except SemsimError:
-                continue
-        groups.append((title, cells))
+    groups = [(title, _readable_pairs(data, rows, k)) for title, rows in picks]
     n_rows = max(len(cells) for _, cells in groups)
     if n_rows == 0:
         return None
