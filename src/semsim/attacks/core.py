@@ -42,6 +42,7 @@ from semsim.attacks.gradients import (
     MODEL_MODES,
     OBJECTIVES,
     GradientModel,
+    flatten_gradients,
     input_normalization,
     recover_labels,
     total_variation,
@@ -124,6 +125,7 @@ class AttackOutput:
 
     images: torch.Tensor
     records: list[dict[str, Any]] = field(default_factory=list)
+    iterations_run: int | None = None  # loop iterations actually run (fewer when every image stopped early)
 
 
 class Attack:
@@ -193,7 +195,7 @@ class Attack:
                             "loss": float(result["loss"][i]), "seconds": round(seconds, 3),
                             "recovered_label": label,
                             "status": "ok" if result["ok"][i] else "failed: nan"})
-        return AttackOutput(result["images"], records)
+        return AttackOutput(result["images"], records, result.get("iterations_run"))
 
     def _optimize(self, gm: GradientModel, target: list[torch.Tensor], hard_labels: torch.Tensor,
                   recovered: torch.Tensor, shape: tuple[int, int, int], gens: list[torch.Generator],
@@ -212,7 +214,7 @@ class Attack:
                 soft0.append(torch.randn((r, num_classes), generator=g))
         z = torch.cat(z0).to(device)
         soft = torch.cat(soft0).to(device) if soft0 else None
-        tgt = [t.repeat_interleave(r, dim=0) for t in target]
+        tgt = flatten_gradients([t.repeat_interleave(r, dim=0) for t in target])
         labels_n = hard_labels.repeat_interleave(r)
 
         def objective(z_: torch.Tensor, soft_: torch.Tensor | None, with_prior: bool = True
@@ -237,9 +239,9 @@ class Attack:
         steps = progress(range(cfg.iterations), total=cfg.iterations, desc=f"{cfg.name} x{b}", unit="it",
                          enabled=show_progress)
         if cfg.optimizer == "lbfgs":
-            z, soft, ok = self._run_lbfgs(objective, z, soft, ok, steps)
+            z, soft, ok, ran = self._run_lbfgs(objective, z, soft, ok, steps)
         else:
-            z, ok = self._run_adam(objective, z, ok, lo, hi, steps)
+            z, ok, ran = self._run_adam(objective, z, ok, lo, hi, steps)
         z = z.detach()
         _, match = objective(z.clamp(lo, hi) if cfg.boxed else z, soft, with_prior=False)
         match = match.detach()
@@ -249,10 +251,10 @@ class Attack:
         images = (z[pick] * std + mean).clamp(0, 1).nan_to_num(0.0)
         labels_out = soft.detach()[pick].argmax(1) if soft is not None else recovered
         return {"images": images.cpu(), "loss": match[pick].cpu(), "ok": ok.view(b, r).any(1).cpu(),
-                "labels": labels_out.cpu()}
+                "labels": labels_out.cpu(), "iterations_run": ran}
 
     def _run_adam(self, objective: Callable, z: torch.Tensor, ok: torch.Tensor, lo: torch.Tensor,
-                  hi: torch.Tensor, steps: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor]:
+                  hi: torch.Tensor, steps: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Adam works per element, so rows stay independent and one optimiser serves every problem.
 
         A row whose loss or gradient turns non-finite stops (its gradient zeroed, its last finite image kept);
@@ -265,7 +267,9 @@ class Attack:
         value_and_grad = self.engine.value_and_grad(lambda v: objective(v, None)[0])
         rows = (-1,) + (1,) * (z.ndim - 1)
         lr = cfg.lr
+        ran = 0
         for step in steps:
+            ran = step + 1
             if cfg.lr_at(step) != lr:
                 lr = cfg.lr_at(step)
                 opt.param_groups[0]["lr"] = lr
@@ -281,10 +285,10 @@ class Attack:
                 last_good.copy_(z)
             if step % STOP_CHECK == STOP_CHECK - 1 and not ok.any():
                 break
-        return z.detach(), ok
+        return z.detach(), ok, ran
 
     def _run_lbfgs(self, objective: Callable, z: torch.Tensor, soft: torch.Tensor | None, ok: torch.Tensor,
-                   steps: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+                   steps: Iterable[int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
         """DLG's L-BFGS, run per problem (:class:`BatchedLBFGS`) on the image (and the soft label)."""
         cfg = self.config
         n = z.shape[0]
@@ -297,7 +301,9 @@ class Attack:
             return v[:, :size_z].view_as(z), (v[:, size_z:] if soft is not None else None)
 
         value_and_grad = self.engine.value_and_grad(lambda v: objective(*split(v))[0])
+        ran = 0
         for step in steps:
+            ran = step + 1
             total, g = value_and_grad(flat)
             with torch.no_grad():
                 ok &= torch.isfinite(total) & torch.isfinite(g).all(1)
@@ -311,7 +317,7 @@ class Attack:
             if step % STOP_CHECK == STOP_CHECK - 1 and not active.any():
                 break
         z_, s_ = split(flat.detach())
-        return z_.clone(), (s_.clone() if s_ is not None else None), ok
+        return z_.clone(), (s_.clone() if s_ is not None else None), ok, ran
 
 
 def _stack_gradients(gradients: Sequence[Any], params: list[torch.Tensor],

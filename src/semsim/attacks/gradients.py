@@ -97,15 +97,19 @@ class GradientModel:
 
     def _loss(self, params: dict[str, torch.Tensor] | None, image: torch.Tensor, target: torch.Tensor):
         """One sample's loss (and BN statistics) with ``params`` (``None``: the network's own)."""
+        return self._batch_loss(params, image.unsqueeze(0), target.unsqueeze(0))
+
+    def _batch_loss(self, params: dict[str, torch.Tensor] | None, images: torch.Tensor, targets: torch.Tensor):
+        """:meth:`_loss` of a batch of one, ``(1, C, H, W)`` and ``(1,)`` or ``(1, K)``."""
         self._stats = []
         if params is None:
-            logits = self.net(image.unsqueeze(0))
+            logits = self.net(images)
         else:
-            logits = functional_call(self.net, (params, self.buffers), (image.unsqueeze(0),))
-        if target.is_floating_point():  # DLG's soft label: logits of a dummy label distribution
-            loss = torch.sum(-F.softmax(target, dim=-1) * F.log_softmax(logits[0], dim=-1))
+            logits = functional_call(self.net, (params, self.buffers), (images,))
+        if targets.is_floating_point():  # DLG's soft label: logits of a dummy label distribution
+            loss = torch.sum(-F.softmax(targets, dim=-1) * F.log_softmax(logits, dim=-1))
         else:
-            loss = F.cross_entropy(logits, target.unsqueeze(0))
+            loss = F.cross_entropy(logits, targets)
         stats = [s for pair in self._stats for s in pair]
         return loss, stats
 
@@ -127,7 +131,7 @@ class GradientModel:
         the same gradients without ``vmap``'s per-operator overhead, which dominates on small models."""
         differentiable = torch.is_grad_enabled() and (images.requires_grad or targets.requires_grad)
         with torch.enable_grad():
-            loss, stats = self._loss(None if self._own else self._leaves, images[0], targets[0])
+            loss, stats = self._batch_loss(None if self._own else self._leaves, images, targets)
             grads = torch.autograd.grad(loss, list(self._leaves.values()), create_graph=differentiable)
         if not differentiable:
             grads, stats = [g.detach() for g in grads], [s.detach() for s in stats]
@@ -187,17 +191,28 @@ def client_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     return [torch.stack([p[j] for p in per_image]) for j in range(len(grads))]
 
 
-def l2_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """DLG's objective per sample: ``sum_layers ||grad(x') - grad(x)||^2``."""
-    return sum((d - t).pow(2).flatten(1).sum(1) for d, t in zip(dummy, target, strict=True))
+def flatten_gradients(grads: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """One ``(N, P)`` tensor of all parameters' per-sample gradients (a tensor given is returned as is)."""
+    if isinstance(grads, torch.Tensor):
+        return grads
+    return torch.cat([g.flatten(1) for g in grads], dim=1)
 
 
-def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Inverting Gradients' objective per sample: ``1 - <g', g> / (||g'|| ||g||)`` over all parameters."""
-    dot = sum((d * t).flatten(1).sum(1) for d, t in zip(dummy, target, strict=True))
-    n_d = sum(d.pow(2).flatten(1).sum(1) for d in dummy)
-    n_t = sum(t.pow(2).flatten(1).sum(1) for t in target)
-    return 1 - dot / (n_d.sqrt() * n_t.sqrt())
+def l2_distance(dummy: Sequence[torch.Tensor] | torch.Tensor,
+                target: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """DLG's objective per sample: ``sum_layers ||grad(x') - grad(x)||^2``.
+
+    Either argument: per-parameter ``(N, ...)`` tensors or their :func:`flatten_gradients` (computed once
+    for a fixed target, this saves a copy per iteration)."""
+    return (flatten_gradients(dummy) - flatten_gradients(target)).pow(2).sum(1)
+
+
+def cosine_distance(dummy: Sequence[torch.Tensor] | torch.Tensor,
+                    target: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    """Inverting Gradients' objective per sample: ``1 - <g', g> / (||g'|| ||g||)`` over all parameters
+    (arguments as in :func:`l2_distance`)."""
+    d, t = flatten_gradients(dummy), flatten_gradients(target)
+    return 1 - torch.linalg.vecdot(d, t) / (torch.linalg.vector_norm(d, dim=1) * torch.linalg.vector_norm(t, dim=1))
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
