@@ -67,7 +67,7 @@ def calibrate_table(path: Path, cal: Calibration, out: Path | None, allow_out_of
     """``semsim score TABLE --calibration CAL``: apply a calibration to an existing score table."""
     from semsim.common.io import read_table, write_table
     from semsim.metrics.calibrated import calibrate_score_table
-    from semsim.metrics.scoring import set_table_path
+    from semsim.metrics.summary import set_table_path
 
     per_image, per_set, notes = calibrate_score_table(read_table(path), cal, allow_out_of_range=allow_out_of_range,
                                                       where=str(path))
@@ -118,10 +118,7 @@ def score(
     """
     from semsim.common.checks import check_writable
     from semsim.common.io import TABLE_SUFFIXES
-    from semsim.data.sets import ingest, ingest_sets
     from semsim.metrics.calibrated import load_calibration
-    from semsim.metrics.pixel import color_options
-    from semsim.metrics.scoring import score_sets
 
     if color not in ("rgb", "gray", "y"):
         raise SemsimError(f"--color {color}: use rgb, gray or y")
@@ -141,6 +138,10 @@ def score(
     cal = load_calibration(calibration) if calibration is not None else None
     if originals is not None and reconstructions is None and score_table_given(originals, cal):
         return calibrate_table(originals, cal, out, allow_out_of_range)
+    from semsim.data.sets import ingest, ingest_sets  # torch: only when images are scored
+    from semsim.metrics.pixel import color_options
+    from semsim.metrics.scoring import score_sets
+
     manifest, skipped = (ingest_sets(sets, skip_bad=skip_bad) if sets else
                          ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad))
     result = score_sets(manifest, [m.strip() for m in metrics.split(",")] if metrics else None,

@@ -37,7 +37,7 @@ from semsim.metrics.registry import (
     metric_info,
     per_image_columns,
 )
-from semsim.metrics.summary import bootstrap_mean_ci, summarize_set
+from semsim.metrics.summary import bootstrap_mean_ci, set_table_path, summarize_set
 
 __all__ = ["ScoreResult", "bootstrap_mean_ci", "build_metrics", "build_panel", "default_metric_names",
            "finish_tables", "panel_request", "score_manifest", "score_sets", "set_annotations",
@@ -69,12 +69,6 @@ class ScoreResult:
         write_table(self.image_table(), out)
         write_table(self.per_set, set_table_path(out))
         return out, set_table_path(out)
-
-
-def set_table_path(out: str | os.PathLike) -> Path:
-    """Where the per-set table goes: ``results.parquet`` -> ``results_sets.parquet``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}_sets{out.suffix}")
 
 
 def _idle_cores() -> float:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+
+def set_table_path(out: str | os.PathLike) -> Path:
+    """Where the per-set table goes: ``results.parquet`` -> ``results_sets.parquet``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_sets{out.suffix}")
 
 
 def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int = 1000, seed: int = 0, level: float = 0.95
