@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from semsim.common.cache import FeatureCache
 from semsim.metrics.registry import check_pair
 from semsim.models.backbones import InceptionV3Features
 from semsim.models.weights import Download, fetch_weights, load_into, load_state_dict
@@ -159,7 +160,8 @@ class _FeatureSetMetric(nn.Module):
 
     ``feature_extractor`` (any callable mapping NCHW [0, 1] images to (N, D) features) replaces Inception-v3;
     ``weights`` is the Inception file or a folder holding it. Originals' features are cached by
-    ``original_keys`` (their paths), so originals shared by several sets go through the network once.
+    content (:class:`~semsim.common.cache.FeatureCache`), so originals shared by several sets go through the
+    network once.
     """
 
     def __init__(
@@ -177,7 +179,7 @@ class _FeatureSetMetric(nn.Module):
             self._extract_fn = extractor
         self.batch_size = batch_size
         self.data_range = data_range
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache = FeatureCache(_CACHE_LIMIT)
         self.reset()
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
@@ -199,17 +201,7 @@ class _FeatureSetMetric(nn.Module):
     ) -> None:
         """Add a batch of pairs of the current set."""
         check_pair(original, reconstruction, self.data_range)
-        if original_keys is None:
-            self._orig.append(self._features(original))
-        else:
-            todo = [i for i, k in enumerate(original_keys) if k not in self._cache]
-            fresh = dict(zip(todo, self._features(original[todo]), strict=True)) if todo else {}
-            for i, f in fresh.items():
-                if len(self._cache) < _CACHE_LIMIT:
-                    self._cache[original_keys[i]] = f
-            self._orig.append(
-                torch.stack([fresh[i] if i in fresh else self._cache[k] for i, k in enumerate(original_keys)])
-            )
+        self._orig.append(self._cache.features(original, self._features))
         self._rec.append(self._features(reconstruction))
 
     def _set_features(self, what: str) -> tuple[torch.Tensor, torch.Tensor] | None:

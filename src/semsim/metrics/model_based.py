@@ -34,10 +34,12 @@ import torch.nn.functional as F
 from scipy.stats import norm
 from torch import nn
 
+from semsim.common.cache import FeatureCache
 from semsim.errors import MetricUnavailable, SemsimError
 from semsim.metrics.registry import EVALUATOR_METRICS, create
 from semsim.models.classifiers import Classifier, load_classifier
 
+ORIGINAL_CACHE_SIZE = 50_000  # originals whose evaluator features are kept between sets
 IIP_VARIANTS = ("pixel", "lpips", "feature")
 
 
@@ -90,7 +92,7 @@ class Evaluator(nn.Module):
         self.clean_accuracy = clean_accuracy(config)
         first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
         self.in_channels = first_conv.in_channels if first_conv is not None else 3
-        self._feature_cache: dict[str, torch.Tensor] = {}
+        self._feature_cache = FeatureCache(ORIGINAL_CACHE_SIZE)
 
     def train(self, mode: bool = True) -> Evaluator:
         return super().train(False)
@@ -116,16 +118,10 @@ class Evaluator(nn.Module):
         """Class scores, shape (N, num_classes)."""
         return self.model.head(self.model.features(self.prepare(x)))
 
-    def original_features(self, x: torch.Tensor, keys: Sequence[str] | None) -> torch.Tensor:
-        """Features of originals, reusing those already computed for the same key."""
-        if keys is None:
-            return self.features(x)
-        todo = [i for i, k in enumerate(keys) if k not in self._feature_cache]
-        if todo:
-            fresh = self.features(x[todo]).cpu()
-            for i, f in zip(todo, fresh, strict=True):
-                self._feature_cache[keys[i]] = f
-        return torch.stack([self._feature_cache[k] for k in keys]).to(x.device)
+    def original_features(self, x: torch.Tensor, keys: Sequence[str] | None = None) -> torch.Tensor:
+        """Features of originals, reusing those already computed for the same image content (``keys``, the
+        originals' paths, are accepted for the metric interface; the cache goes by content)."""
+        return self._feature_cache.features(x, self.features).to(x.device)
 
 
 def load_evaluator(evaluator: str | os.PathLike | Evaluator, device: str | torch.device = "cpu") -> Evaluator:

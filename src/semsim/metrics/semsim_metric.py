@@ -9,8 +9,6 @@ can never return a stale embedding.
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from semsim.common.cache import FeatureCache
 from semsim.data.label_import import is_human
 from semsim.errors import MetricUnavailable
 from semsim.learned.model import load_semsim
@@ -36,8 +35,12 @@ class SemSimMetric(nn.Module):
         self.net, self.config = load_semsim(model)
         self.model_path = str(model)
         self.cache_size = cache_size if cache else 0
-        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self.cache_hits = 0
+        self._cache = FeatureCache(self.cache_size)
+
+    @property
+    def cache_hits(self) -> int:
+        """Originals whose embedding came from the cache."""
+        return self._cache.hits
 
     @property
     def label_sources(self) -> list[str]:
@@ -59,25 +62,6 @@ class SemSimMetric(nn.Module):
             "its scores reproduce those labels, not human perception"
         )
 
-    def _embed_originals(self, original: torch.Tensor) -> torch.Tensor:
-        if self.cache_size <= 0:
-            return self.net(original)
-        host = original.detach().cpu().contiguous().numpy()
-        keys = [hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in host]
-        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
-        if missing:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            emb = self.net(original[[first[k] for k in missing]])
-            for k, e in zip(missing, emb, strict=True):
-                self._cache[k] = e
-        self.cache_hits += len(keys) - len(missing)
-        out = torch.stack([self._cache[k] for k in keys])
-        for k in keys:
-            self._cache.move_to_end(k)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return out
-
     def forward(
         self,
         original: torch.Tensor,
@@ -91,7 +75,7 @@ class SemSimMetric(nn.Module):
             both = self.net(torch.cat([original, reconstruction]))
             eo, er = both.chunk(2)
         else:
-            eo, er = self._embed_originals(original), self.net(reconstruction)
+            eo, er = self._cache.features(original, self.net), self.net(reconstruction)
         return (eo - er).norm(dim=1)
 
 
