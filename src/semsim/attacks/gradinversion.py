@@ -81,7 +81,10 @@ class GradInversionConfig(AttackConfig):
                 raise SemsimError(f"attack '{self.name}': {message}")
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up over ``warmup`` iterations (at most half of a short run), then cosine decay to 0."""
+        """Linear warm-up over ``warmup`` iterations (at most half of a short run), then cosine decay to 0
+        (``schedule="cosine"``, the default; other schedules as in :class:`AttackConfig`, without warm-up)."""
+        if self.schedule != "cosine":
+            return super().lr_at(step)
         warmup = min(self.warmup, self.iterations // 2)
         if step < warmup:
             return self.lr * (step + 1) / warmup
