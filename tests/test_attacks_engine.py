@@ -162,6 +162,8 @@ def test_engine_options_parse_and_restore_flags():
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     with EngineOptions(tf32=True).context():
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    with EngineOptions().context():  # FP32 also in cuDNN convolutions (PyTorch's default allows TF32 there)
+        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == before
 
 

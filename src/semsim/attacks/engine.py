@@ -5,8 +5,9 @@ precision (TF32 rounds the inputs of CUDA matrix products and convolutions to a 
 kept out of :class:`~semsim.attacks.core.AttackConfig`, so set names and the attack settings of a set do not
 depend on them (``attack_set`` records them next to the settings).
 
-* ``tf32``: allow TF32 in CUDA matmuls and cuDNN convolutions while attacking (restored afterwards); no
-  effect on CPU.
+* ``tf32``: TF32 in CUDA matmuls and cuDNN convolutions while attacking; without it both run in full FP32
+  (PyTorch's own default lets cuDNN convolutions use TF32, so the flags are set either way, and restored
+  afterwards). No effect on CPU.
 * ``channels_last``: dummy images and the model's 4-D weights in channels-last (NHWC) memory order, which
   cuDNN's fastest convolution kernels use; the numbers are the same up to float rounding.
 * ``compile``: one attack iteration (per-sample gradients, matching loss, priors and the gradient with respect
@@ -71,10 +72,9 @@ class EngineOptions:
 
     @contextlib.contextmanager
     def context(self) -> Iterator[None]:
-        """TF32 allowed (when asked) for the duration of the attack; the previous flags restored."""
+        """TF32 on or off (FP32) for the duration of the attack; the previous flags restored."""
         saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        if self.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.tf32
         try:
             yield
         finally:
