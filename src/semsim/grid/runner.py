@@ -148,80 +148,118 @@ def _make_executor(workers: int | None, ray: str | None, threads: int | None, gp
     return LocalExecutor(workers or 1, threads=threads)
 
 
+class _Scheduler:
+    """One run's loop: start ready tasks up to the executor's capacity, collect results, retry or give up,
+    block what depends on a failed task, and keep the state file and the progress bar current."""
+
+    def __init__(self, plan: Plan, executor: Any, report: RunReport, retries: int, writer: _StateWriter,
+                 bar: Any, show_progress: bool) -> None:
+        self.plan, self.executor, self.report, self.retries = plan, executor, report, retries
+        self.states, self.tasks = report.states, plan.by_id()
+        self.writer, self.bar, self.show_progress = writer, bar, show_progress
+
+    def block_unrunnable(self) -> None:
+        """Mark pending tasks that wait for a failed or blocked task as blocked, naming what they need."""
+        for t in self.plan.tasks:
+            s = self.states[t.id]
+            if s.status == "pending" and any(self.states[d].status in ("failed", "blocked") for d in t.deps):
+                s.status = "blocked"
+                s.error = "needs " + ", ".join(d for d in t.deps if self.states[d].status != "done")
+
+    def submit_ready(self) -> bool:
+        """Start pending tasks whose dependencies are done, while the executor has room; False when nothing
+        is running and nothing is left to start (the run is over)."""
+        ready = [t for t in self.plan.tasks if self.states[t.id].status == "pending"
+                 and all(self.states[d].status == "done" for d in t.deps)]
+        while ready and self.executor.running() < self.executor.capacity:
+            t = ready.pop(0)
+            s = self.states[t.id]
+            s.status, s.started = "running", time.time()
+            s.attempts += 1
+            self.report.attempts += 1
+            self.executor.submit(t)
+        return self.executor.running() > 0 or bool(ready)
+
+    def collect(self, poll_interval: float) -> None:
+        """Record the tasks that finished: done when their shard is published, else retried or failed."""
+        for task_id, ok, value in self.executor.poll(poll_interval):
+            s = self.states[task_id]
+            if ok and is_done(self.tasks[task_id]):
+                s.status, s.error = "done", None
+                s.seconds, s.host = value.get("seconds"), value.get("host")
+                self.report.executed.append(task_id)
+                self.bar.update(1)
+                continue
+            s.error = value if not ok else "the task returned but its shard was not published"
+            s.status = "pending" if s.attempts <= self.retries else "failed"
+            if self.show_progress:
+                what = "retrying" if s.status == "pending" else "giving up"
+                self.bar.write(f"task {task_id} failed (attempt {s.attempts}, {what}): "
+                               f"{str(s.error).splitlines()[0]}")
+
+    def show(self) -> None:
+        """Refresh the progress bar's counters and (at most every second) the state file."""
+        _, _, rate = self.writer.images(self.states, self.tasks)
+        self.bar.set_postfix_str(f"running={self.executor.running()} failed={self.report.count('failed')} "
+                                 f"{rate:,.0f} img/h", refresh=False)
+        self.writer.write(self.states, self.tasks)
+
+    def run(self, poll_interval: float) -> None:
+        """Loop until every task is done, failed or blocked; an interruption leaves a consistent state file."""
+        try:
+            while True:
+                self.block_unrunnable()
+                if not self.submit_ready():
+                    break
+                self.collect(poll_interval)
+                self.show()
+        except BaseException:
+            for s in self.states.values():
+                if s.status == "running":
+                    s.status, s.error = "pending", "interrupted"
+            self.writer.write(self.states, self.tasks, finished=True, force=True, interrupted=True)
+            raise
+        finally:
+            self.bar.close()
+            self.executor.close()
+
+
+def _write_inputs(plan: Plan) -> None:
+    """The plan's input tables and ``plan.json`` (what ``semsim grid status`` reads)."""
+    for path, df in plan.inputs.items():
+        write_table(df, path)
+    write_json({"grid": str(plan.spec.path), "written": _now(), "rate_kind": plan.rate_kind,
+                "tasks": [t.to_dict() for t in plan.tasks]}, plan.spec.out / PLAN_FILE)
+
+
+def _merge(plan: Plan, report: RunReport) -> None:
+    """Merge complete sets and score tables into the run folder (see :mod:`semsim.grid.merge`)."""
+    _remove_stale_work(plan)
+    report.merged_sets, incomplete = merge_sets(plan)
+    report.scored_sets, incomplete_scores, report.notes = merge_scores(plan)
+    report.incomplete = sorted(set(incomplete) | set(incomplete_scores))
+
+
 def run_plan(plan: Plan, *, workers: int | None = None, ray: str | None = None, retries: int | None = None,
              threads: int | None = None, gpus_per_task: float = 1.0, show_progress: bool = True,
              poll_interval: float = 0.2) -> RunReport:
     """Run every unfinished task of ``plan`` (see module docstring), then merge complete sets and scores."""
     spec = plan.spec
-    retries = spec.retries if retries is None else retries
-    tasks = plan.by_id()
     start = time.time()
     with run_lock(spec.out):
         executor = _make_executor(workers, ray, threads or spec.threads, gpus_per_task)  # fails early
-        for path, df in plan.inputs.items():
-            write_table(df, path)
-        write_json({"grid": str(spec.path), "written": _now(), "rate_kind": plan.rate_kind,
-                    "tasks": [t.to_dict() for t in plan.tasks]}, spec.out / PLAN_FILE)
-        states = {t.id: TaskState() for t in plan.tasks}
-        for t in plan.tasks:
-            if is_done(t):
-                states[t.id] = TaskState(status="done", skipped=True)
+        _write_inputs(plan)
+        states = {t.id: TaskState(status="done", skipped=True) if is_done(t) else TaskState() for t in plan.tasks}
         report = RunReport(plan, states)
         writer = _StateWriter(plan, executor.name)
         bar = progress(total=len(plan.tasks), initial=report.count("done"), desc="grid", unit="task",
                        enabled=show_progress)
-        try:
-            while True:
-                for t in plan.tasks:  # block what can no longer run
-                    if states[t.id].status == "pending" and any(states[d].status in ("failed", "blocked")
-                                                                for d in t.deps):
-                        states[t.id].status = "blocked"
-                        missing = [d for d in t.deps if states[d].status != "done"]
-                        states[t.id].error = "needs " + ", ".join(missing)
-                ready = [t for t in plan.tasks if states[t.id].status == "pending"
-                         and all(states[d].status == "done" for d in t.deps)]
-                while ready and executor.running() < executor.capacity:
-                    t = ready.pop(0)
-                    s = states[t.id]
-                    s.status, s.started = "running", time.time()
-                    s.attempts += 1
-                    report.attempts += 1
-                    executor.submit(t)
-                if executor.running() == 0 and not ready:
-                    break
-                for task_id, ok, value in executor.poll(poll_interval):
-                    s = states[task_id]
-                    if ok and is_done(tasks[task_id]):
-                        s.status, s.error = "done", None
-                        s.seconds, s.host = value.get("seconds"), value.get("host")
-                        report.executed.append(task_id)
-                        bar.update(1)
-                        continue
-                    s.error = value if not ok else "the task returned but its shard was not published"
-                    s.status = "pending" if s.attempts <= retries else "failed"
-                    if show_progress:
-                        what = "retrying" if s.status == "pending" else "giving up"
-                        bar.write(f"task {task_id} failed (attempt {s.attempts}, {what}): "
-                                  f"{str(s.error).splitlines()[0]}")
-                _, _, rate = writer.images(states, tasks)
-                bar.set_postfix_str(f"running={executor.running()} failed={report.count('failed')} "
-                                    f"{rate:,.0f} img/h", refresh=False)
-                writer.write(states, tasks)
-        except BaseException:
-            for s in states.values():
-                if s.status == "running":
-                    s.status, s.error = "pending", "interrupted"
-            writer.write(states, tasks, finished=True, force=True, interrupted=True)
-            raise
-        finally:
-            bar.close()
-            executor.close()
-        _remove_stale_work(plan)
-        report.merged_sets, incomplete = merge_sets(plan)
-        report.scored_sets, incomplete_scores, report.notes = merge_scores(plan)
-        report.incomplete = sorted(set(incomplete) | set(incomplete_scores))
+        scheduler = _Scheduler(plan, executor, report, spec.retries if retries is None else retries, writer, bar,
+                               show_progress)
+        scheduler.run(poll_interval)
+        _merge(plan, report)
         report.seconds = time.time() - start
-        writer.write(states, tasks, finished=True, force=True)
+        writer.write(states, plan.by_id(), finished=True, force=True)
     return report
 
 
