@@ -9,7 +9,8 @@ annotator is a thread with one keep-alive HTTP/1.1 connection posting ``/api/ans
 ``next_item_id``. A connection failure (the server was killed) makes the annotator send the same
 answer again; an answer stored before the kill then comes back as a duplicate, which is not stored twice.
 
-    .venv/bin/python benchmarks/bench_annotation.py [--answers 300] [--kills 3] [--judged 10000] [--flush-ms 0 10]
+    .venv/bin/python benchmarks/bench_annotation.py [--answers 300] [--kills 3] [--judged 10000]
+        [--flush-ms 0 10] [--workers 1 2]
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ if {flush_s} > 0:  # emulate a slower flush: the writer acknowledges a batch onl
         return results
 
     writer.store_answers = slow
-serve(sys.argv[1], fd=int(sys.argv[2]))
+serve(sys.argv[1], fd=int(sys.argv[2]), workers={workers})
 """
 
 
@@ -93,8 +94,8 @@ def study(root: Path, n_items: int, per_item: int, people: int) -> tuple[Path, d
 class ServerProcess:
     """``semsim.annotation.app.serve`` in a child process on a socket the benchmark holds."""
 
-    def __init__(self, db_path: Path, flush_ms: float = 0.0):
-        self.db_path, self.flush_ms = db_path, flush_ms
+    def __init__(self, db_path: Path, flush_ms: float = 0.0, workers: int = 1):
+        self.db_path, self.flush_ms, self.workers = db_path, flush_ms, workers
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(512)
@@ -104,9 +105,10 @@ class ServerProcess:
         self.start()
 
     def start(self) -> None:
-        code = SERVER.format(flush_s=self.flush_ms / 1000)
+        code = SERVER.format(flush_s=self.flush_ms / 1000, workers=self.workers)
         self.proc = subprocess.Popen([sys.executable, "-c", code, str(self.db_path), str(self.sock.fileno())],
-                                     pass_fds=(self.sock.fileno(),), env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                     pass_fds=(self.sock.fileno(),), env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                     start_new_session=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
@@ -119,9 +121,16 @@ class ServerProcess:
         raise RuntimeError("server did not start")
 
     def cpu(self) -> float:
-        """CPU seconds used by the server process so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds used so far by the server's processes (its process group: workers included)."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # a process that just ended
+                continue
+            if int(fields[2]) == self.proc.pid:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def stats(self) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
@@ -129,7 +138,8 @@ class ServerProcess:
         return json.loads(conn.getresponse().read())
 
     def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL every process of the server at once (as a crash of the machine would)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
 
     def close(self) -> None:
@@ -216,7 +226,7 @@ def load(server: ServerProcess, tokens: dict[str, str], people: int, per_person:
         raise RuntimeError(f"annotators failed: {failures[:3]}")
     return {"answers": len(acked), "per_s": len(acked) / elapsed, "p50_ms": 1000 * _pct(latencies, 0.5),
             "p99_ms": 1000 * _pct(latencies, 0.99), "cpu_ms": 1000 * cpu_used / max(1, len(acked)),
-            "retries": sum(c.retries for c in clients), "batch": server.stats().get("batch_mean", float("nan")),
+            "retries": sum(c.retries for c in clients), "batch": server.stats().get("batch_mean") or float("nan"),
             "acked": {names[k]: c.mine for k, c in enumerate(clients)}}
 
 
@@ -240,12 +250,13 @@ def check_stored(db_path: Path, acked: dict[str, dict[int, int]]) -> tuple[int, 
     return lost, twice
 
 
-def throughput(root: Path, per_person: int, kills: int, flush_ms: float) -> list[dict]:
+def throughput(root: Path, per_person: int, kills: int, flush_ms: float, workers: int) -> list[dict]:
     people = 19
     db_path, tokens = study(root, n_items=(people * per_person * 3) // 5 + 60, per_item=5, people=people + 1)
     rows = []
-    server = ServerProcess(db_path, flush_ms)
-    note = f" ({flush_ms:g} ms flush)" if flush_ms else ""
+    server = ServerProcess(db_path, flush_ms, workers)
+    notes = [f"{flush_ms:g} ms flush"] * bool(flush_ms) + [f"{workers} workers"] * (workers > 1)
+    note = f" ({', '.join(notes)})" if notes else ""
     try:
         spare = sorted(tokens)[-1]
         warm = load(server, {spare: tokens[spare]}, 1, 20)  # first requests pay for imports and caches
@@ -313,13 +324,15 @@ def main() -> None:
     parser.add_argument("--judged", type=int, default=10_000, help="answers in the study of the report timings")
     parser.add_argument("--flush-ms", type=float, nargs="*", default=[0.0, 10.0],
                         help="emulated flush times to run (0: the disk as it is)")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="server processes to run with")
     args = parser.parse_args()
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory() as tmp:
         flush = fsync_ms(Path(tmp))
         rows, bases = [], []
-        for k, ms in enumerate(args.flush_ms):
-            runs = throughput(Path(tmp) / f"load{k}", args.answers, args.kills, ms)
+        settings = [(w, ms) for w in args.workers for ms in args.flush_ms]
+        for k, (workers, ms) in enumerate(settings):
+            runs = throughput(Path(tmp) / f"load{k}", args.answers, args.kills, ms, workers)
             bases += [runs[0]["per_s"]] * len(runs)
             rows += runs
         load_after = Path("/proc/loadavg").read_text().split()[:3]

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -124,3 +127,61 @@ def test_concurrent_load_survives_sigkill(tmp_path):
     for _, item, _ in stored:
         per_item[item] = per_item.get(item, 0) + 1
     assert set(per_item.values()) == {PER_ITEM} and len(per_item) == N_ITEMS
+
+
+def _group(pgid: int) -> list[int]:
+    """Pids of the live processes of process group ``pgid``."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_two_workers_serve_and_die_with_their_parent(tmp_path):
+    make_set(tmp_path / "set", 40, size=4)
+    db_path = tmp_path / "w.sqlite"
+    init_project(db_path, [tmp_path / "set"], per_item=1, study="w", classes=["a", "b", "c"])
+    tokens = add_annotators(Database(db_path), ["p0", "p1"])
+    sock = held_socket()
+    code = "import sys; from semsim.annotation.app import serve; serve(sys.argv[1], fd=int(sys.argv[2]), workers=2)"
+    parent = subprocess.Popen([sys.executable, "-c", code, str(db_path), str(sock.fileno())],
+                              pass_fds=(sock.fileno(),), start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        deadline = time.monotonic() + 120
+        while len(_group(parent.pid)) < 3 or not _healthy(base):
+            assert time.monotonic() < deadline and parent.poll() is None, parent.stderr.read().decode()[-2000:]
+            time.sleep(0.2)
+        stored = 0
+        for token in tokens.values():
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+                item = c.get("/api/next").json()["item_id"]
+                while item is not None:
+                    reply = c.post("/api/answer", json={"item_id": item, "value": 0}).json()
+                    stored += reply["stored"]
+                    item = reply["next_item_id"]
+        assert stored == 40
+        os.kill(parent.pid, signal.SIGKILL)  # only the parent: its workers notice and exit
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _group(parent.pid):
+            assert time.monotonic() < deadline, "workers outlived their parent"
+            time.sleep(0.2)
+    finally:
+        for pid in _group(parent.pid):
+            os.kill(pid, signal.SIGKILL)
+        sock.close()
+    with Database(db_path).read() as s:
+        assert s.scalar(select(func.count()).select_from(Answer)) == 40
+
+
+def _healthy(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

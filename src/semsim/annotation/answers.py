@@ -20,7 +20,7 @@ from semsim.annotation.db import Answer, Assignment, Database, utcnow
 from semsim.annotation.project import NotAssigned, ProjectInfo
 from semsim.errors import SemsimError
 
-MAX_ID = 2**63 - 1  # SQLite's (and PostgreSQL's bigint) largest integer
+MAX_ID = 2**31 - 1  # the largest id an INTEGER column holds on every database (PostgreSQL: 4 bytes)
 SUBMIT_ID = re.compile(r"[!-~]{1,64}")  # printable ASCII, the form's random id or a script's own
 
 

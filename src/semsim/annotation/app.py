@@ -19,7 +19,13 @@ import io
 import json
 import os
 import secrets
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -427,19 +433,57 @@ def _cleanup(folder: Path) -> None:
 
 def serve(db_url: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, *,
           public_url: str | None = None, session_hours: float = sessions.DEFAULT_SESSION_HOURS,
-          secure_cookies: bool = False, fd: int | None = None) -> None:
+          secure_cookies: bool = False, fd: int | None = None, workers: int = 1) -> None:
     """Run the app with uvicorn until interrupted; remember ``public_url`` (default ``http://host:port``) as
     the address of the links that ``add-annotator`` prints. ``fd``: serve on an inherited listening socket
-    instead of binding ``host:port`` (tests and benchmarks hold the socket, so a restart keeps the port)."""
+    instead of binding ``host:port`` (tests and benchmarks hold the socket, so a restart keeps the port).
+    ``workers`` > 1: that many server processes share the socket (each with its own group commit; the
+    database's write lock orders their commits), for machines with several cores."""
+    sock = socket.socket(fileno=fd) if fd is not None else socket.create_server((host, port), backlog=2048)
+    if fd is None or public_url:
+        db = Database(db_url)
+        set_base_url(db, public_url or f"http://{host}:{port}")
+        db.dispose()
+    options = {"session_hours": session_hours, "secure_cookies": secure_cookies}
+    if workers <= 1:
+        _run(db_url, sock, options)
+        return
+    sock.set_inheritable(True)
+    code = "import sys, json; from semsim.annotation.app import worker; worker(sys.argv[1], int(sys.argv[2]), " \
+           "json.loads(sys.argv[3]), int(sys.argv[4]))"
+    children = [subprocess.Popen([sys.executable, "-c", code, str(db_url), str(sock.fileno()), json.dumps(options),
+                                  str(os.getpid())], pass_fds=(sock.fileno(),)) for _ in range(workers)]
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGINT)
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _run(db_url: str | os.PathLike, sock: socket.socket, options: dict) -> None:
     import uvicorn
 
-    app = create_app(db_url, session_hours=session_hours, secure_cookies=secure_cookies)
-    if fd is None or public_url:
-        set_base_url(app.state.db, public_url or f"http://{host}:{port}")
-    if fd is None:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-        return
-    import socket
+    app = create_app(db_url, **options)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[socket.socket(fileno=fd)])
 
+def worker(db_url: str, fd: int, options: dict, parent: int) -> None:
+    """One server process of ``serve(workers=N)``: serves the inherited socket ``fd`` and exits when its
+    parent is gone (no orphan keeps answering after the server was stopped or killed)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="semsim-parent-watch", daemon=True).start()
+    _run(db_url, socket.socket(fileno=fd), options)

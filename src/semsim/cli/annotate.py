@@ -151,6 +151,8 @@ def serve(
                                                  "many hours")] = 12.0,
     secure_cookies: Annotated[bool, typer.Option("--secure-cookies", help="mark the session cookie Secure "
                                                  "(behind a TLS proxy; automatic when the app sees https)")] = False,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="server processes sharing the port (one per "
+                                         "core)")] = 1,
 ) -> None:
     """Run the annotation app."""
     from semsim.annotation.app import serve as run
@@ -159,7 +161,7 @@ def serve(
     typer.echo(f"serving {db} on http://{host}:{port} as {shown} (admins open their link; Ctrl+C stops)",
                err=True)
     run(db, host=host, port=port, public_url=public_url, session_hours=session_hours,
-        secure_cookies=secure_cookies)
+        secure_cookies=secure_cookies, workers=workers)
 
 
 def _fmt(x: float) -> str:
