@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from semsim.errors import SemsimError
 
@@ -171,6 +169,9 @@ def _fmt(x: float) -> str:
 @annotate_app.command()
 def status(db: DbOption) -> None:
     """Progress per set and annotator, agreement, gold accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
     from semsim.annotation.dashboard import dashboard
 
     database = _db(db)
