@@ -61,10 +61,11 @@ def weighted_roc(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[n
 def _set_spearman(pred: np.ndarray, pos: np.ndarray, neg: np.ndarray, codes: np.ndarray) -> float:
     """Spearman's rho across sets between the predictor's mean and the others' (weighted) majority rate."""
     w = pos + neg
-    sets = [s for s in np.unique(codes) if w[codes == s].sum() > 0]
-    means = np.array([np.average(pred[codes == s], weights=w[codes == s]) for s in sets])
-    rate = np.array([pos[codes == s].sum() / w[codes == s].sum() for s in sets])
-    if len(sets) < 3 or np.ptp(means) == 0 or np.ptp(rate) == 0:
+    total = np.bincount(codes, weights=w)
+    sets = total > 0
+    means = np.bincount(codes, weights=w * pred)[sets] / total[sets]
+    rate = np.bincount(codes, weights=pos)[sets] / total[sets]
+    if sets.sum() < 3 or np.ptp(means) == 0 or np.ptp(rate) == 0:
         return float("nan")
     return float(stats.spearmanr(means, rate)[0])
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 RESAMPLES_SETS = "sets (victim configurations)"
 RESAMPLES_ORIGINALS = "originals (image_id clusters across sets)"
@@ -100,25 +101,23 @@ MAX_PAIR_CLUSTERS = 2000  # above this, the cluster x cluster matrix of clustere
 def cluster_pair_matrix(score: np.ndarray, positive: np.ndarray, codes: np.ndarray, n_clusters: int) -> np.ndarray:
     """``Psi[c, d]`` = sum over positives i of cluster c and negatives j of cluster d of ``[s_i > s_j] +
     [s_i = s_j] / 2``: the Mann-Whitney kernel summed by cluster pair, so that a resample weighting cluster c
-    by k_c has U = k^T Psi k."""
-    order = np.argsort(score, kind="stable")
-    s, y, c = score[order], positive[order], codes[order]
-    new = np.r_[True, s[1:] != s[:-1]]
-    starts = np.flatnonzero(new)
-    group = np.cumsum(new) - 1
-    ends = np.r_[starts[1:], len(s)]
-    below = np.zeros((len(s) + 1, n_clusters), np.float32)  # row p: negatives per cluster before position p
-    neg = np.flatnonzero(~y)
-    below[neg + 1, c[neg]] = 1
-    np.cumsum(below, axis=0, out=below)
-    pos = np.flatnonzero(y)
-    kernel = below[starts[group[pos]]] + below[ends[group[pos]]]  # 2 x (below + half of tied)
-    by_cluster = np.argsort(c[pos], kind="stable")
-    cp = c[pos][by_cluster]
-    firsts = np.flatnonzero(np.r_[True, cp[1:] != cp[:-1]])
-    psi = np.zeros((n_clusters, n_clusters))
-    psi[cp[firsts]] = np.add.reduceat(kernel[by_cluster], firsts, axis=0, dtype=np.float64) / 2
-    return psi
+    by k_c has U = k^T Psi k.
+
+    Built per group of tied scores g: ``K[g, d]`` = negatives of cluster d below g plus half of those in g, then
+    ``Psi = P K`` with ``P[c, g]`` the positives of cluster c in g (sparse), O(G C + N C) for G groups.
+    """
+    uniques, group = np.unique(score, return_inverse=True)
+    n_groups = len(uniques)
+    neg = ~positive
+    # float32 is exact here: integer counts below 2^24 and their halves
+    kernel = np.zeros(n_groups * n_clusters, np.float32)
+    np.add.at(kernel, group[neg] * n_clusters + codes[neg], 1.0)
+    kernel = kernel.reshape(n_groups, n_clusters)
+    below = np.cumsum(kernel, axis=0, dtype=np.float32)
+    below -= 0.5 * kernel  # below each group, plus half of the tied
+    counts = sparse.csr_matrix((np.ones(int(positive.sum()), np.float32), (codes[positive], group[positive])),
+                               shape=(n_clusters, n_groups))
+    return np.asarray(counts @ below, dtype=np.float64)
 
 
 def clustered_auroc(score: np.ndarray, positive: np.ndarray, codes: np.ndarray, counts: np.ndarray) -> np.ndarray:
