@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from semsim.common.checks import check_writable
 from semsim.errors import SemsimError
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def analyze_cmd(
         raise SemsimError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if ties not in TIE_RULES:
         raise SemsimError(f"--ties {ties!r}: choose one of {', '.join(TIE_RULES)}")
+    check_writable(out, folder=True)
     score_in, label_in, dirs = _inputs(scores, labels, import_semsim_cifar100, direction, vlm=vlm,
                                        allow_missing=allow_missing)
     report = analyze(score_in, label_in, out, metrics=_split(metrics), directions=dirs, n_boot=bootstrap,
@@ -141,6 +143,7 @@ def import_labels_cmd(
 
     if fmt not in IMPORT_FORMATS:
         raise SemsimError(f"--format {fmt!r}: supported formats are {', '.join(IMPORT_FORMATS)}")
+    check_writable(out, folder=True)
     score_df, label_df = import_semsim_cifar100(source, vlm, allow_missing=allow_missing)
     write_table(score_df, out / "scores.csv")
     write_labels(label_df, out / "labels.csv")

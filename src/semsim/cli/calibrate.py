@@ -18,6 +18,7 @@ from semsim.cli.analyze import (
     _inputs,
     _split,
 )
+from semsim.common.checks import check_writable
 from semsim.errors import SemsimError
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def calibrate_cmd(
         raise SemsimError(f"--target {target!r}: choose one of {', '.join(TARGETS)}")
     if out.suffix.lower() != ".json":
         raise SemsimError(f"{out}: calibration files are JSON; give a name ending in .json")
+    check_writable(out, (".json",))
     features = _split(metrics)
     if not features:
         raise SemsimError("--metrics: name at least one metric column to calibrate")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from semsim.common.checks import check_writable
 from semsim.errors import SemsimError
 
 if TYPE_CHECKING:
@@ -74,6 +75,8 @@ def estimate(
 
     if out is not None and out.suffix.lower() not in (".csv", ".parquet"):
         raise SemsimError(f"{out}: give a name ending in .csv or .parquet")
+    if out is not None:
+        check_writable(out, (".csv", ".parquet"))
     if half_width is not None and not 0 < half_width < 1:
         raise SemsimError(f"--half-width {half_width}: give a number between 0 and 1, e.g. 0.05")
     cal = load_calibration(calibration) if calibration is not None else None
