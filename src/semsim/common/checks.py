@@ -6,6 +6,7 @@ the hours of an attack or training run that would fail only when it tries to sav
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -78,7 +79,8 @@ def check_writable(path: str | os.PathLike, suffixes: Sequence[str] | None = Non
     try:  # a real write: permissions, read-only file systems and quotas all show
         with tempfile.TemporaryFile(dir=parent):
             pass
-    except OSError as exc:
-        raise SemsimError(f"{what} {path}: cannot write into {parent.resolve()} ({exc.strerror or exc}); choose "
-                          "a folder you may write to") from None
+    except OSError as exc:  # ENOENT from an existing folder: a pseudo file system that holds no files
+        why = "no files can be created there" if exc.errno == errno.ENOENT else exc.strerror or str(exc)
+        raise SemsimError(f"{what} {path}: cannot write into {parent.resolve()} ({why}); choose a folder you may "
+                          "write to") from None
     return path
