@@ -1,7 +1,8 @@
 """LPIPS: weight loading in torchvision format, and the formula of Zhang et al. (2018) computed independently.
 
-The ImageNet backbones cannot be downloaded here, so each test saves a randomly initialised backbone under
-the torchvision file name in a temporary folder; the linear heads are the real LPIPS v0.1 files (shared data).
+Tests run offline (the ImageNet backbones cannot be downloaded here), so each test saves a randomly initialised
+backbone under the torchvision file name in a temporary folder; the linear heads are the real LPIPS v0.1 files
+(shared data). Fetching on first use is tested in tests/test_weights_download.py.
 """
 
 from __future__ import annotations
