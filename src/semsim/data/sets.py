@@ -224,8 +224,10 @@ def resolve_paths(df: pd.DataFrame, base: str | os.PathLike) -> pd.DataFrame:
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest and resolve its paths against its own folder."""
+    """Read a manifest (or the ``manifest.csv`` of a set folder) and resolve its paths against its folder."""
     path = Path(path)
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        path = path / MANIFEST_NAME
     df = read_table(path, required=MANIFEST_COLUMNS)
     for col in ("set", "image_id"):
         blank = df[col].isna() | df[col].astype(str).str.strip().eq("")
