@@ -229,3 +229,15 @@ def test_attack_set_records_the_engine_and_resumes_only_with_the_same(tmp_path):
     del settings["engine"]  # a run of a version that did not record the engine ran eager
     (out / "attack.json").write_text(json.dumps(settings))
     assert len(attack_set(victim, ds, "invgrad", out, **args)) == 2
+
+
+def test_cli_refuses_an_unknown_engine_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from semsim.cli import app
+
+    result = CliRunner().invoke(app, ["attack", "--victim", str(tmp_path / "victim"), "--data", str(tmp_path),
+                                      "--out", str(tmp_path / "out"), "--engine", "tf32+fast"])
+    # semsim.cli.main turns this error into one "error:" line and exit 2 (tests/test_bad_inputs.py)
+    assert isinstance(result.exception, SemsimError) and "fast" in str(result.exception)
+    assert not (tmp_path / "out").exists()

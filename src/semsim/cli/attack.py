@@ -31,6 +31,9 @@ def attack(
     model_mode: Annotated[str | None, typer.Option(help="BatchNorm mode of the gradient: eval or train")]
     = None,
     batch_size: Annotated[int, typer.Option(min=1, help="images attacked together in one optimisation")] = 8,
+    engine: Annotated[str, typer.Option(help="how the loop runs: eager, or tf32, channels-last and one of "
+                                             "compile / cudagraphs joined with '+' (GPU speed options)")]
+    = "eager",
     seed: Annotated[int, typer.Option(help="base seed (image subset, random starts, defense noise)")] = 0,
     image_size: Annotated[int | None, typer.Option(min=1, help="resize an image folder to this size")] = None,
     device: Device = "cpu",
@@ -39,14 +42,16 @@ def attack(
 ) -> None:
     """Attack images with DLG, iDLG, Inverting Gradients or GradInversion; a rerun resumes."""
     from semsim.attacks import attack_set
+    from semsim.attacks.engine import EngineOptions
     from semsim.data.datasets import load_dataset
 
+    engine_options = EngineOptions.parse(engine)
     check_writable(out, folder=True)
     dataset = load_dataset(data, image_size=image_size, split=split)
     options = {k: v for k, v in dict(restarts=restarts, lr=lr, tv=tv, model_mode=model_mode).items()
                if v is not None}
     manifest = attack_set(victim, dataset, attack, out, n=n, seed=seed, defense=defense,
-                          iterations=iterations, batch_size=batch_size, device=device,
+                          iterations=iterations, batch_size=batch_size, device=device, engine=engine_options,
                           show_progress=not quiet, **options)
     ok = manifest["status"].eq("ok")
     typer.echo(f"{manifest['set'].iloc[0]}: {int(ok.sum())} reconstructed, {int((~ok).sum())} failed; "
