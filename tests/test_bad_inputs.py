@@ -461,3 +461,29 @@ def test_threads_option_sets_torch_threads(world, tmp_path, monkeypatch, capsys)
         assert code == 0, err and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+# ---- small items: explained nulls, old option names ----------------------------------------------------------
+
+
+def test_train_explains_a_null_val_auroc(world, tmp_path, monkeypatch, capsys, one_thread):
+    # 4 originals: 1 is held out, with one pair, so the held-out labels are of one kind and AUROC is undefined
+    code, out, err = run_cli(["train", "--labels", world.labels, "--manifest", world.set_folder, "--arch", "convnet",
+                              "--width", "4", "--image-size", "16", "--epochs", "1", "--batch-size", "4", "--quiet",
+                              "--out", tmp_path / "m"], monkeypatch, capsys)
+    assert code == 0, err
+    assert '"val_auroc": null' in out
+    assert "note: val_auroc is null: the held-out originals' pairs are all recognized or all not" in err
+
+
+@pytest.mark.parametrize("args, value", [
+    (["train-victim", "--architecture", "resnet9"], "resnet9"),  # --arch
+    (["train", "--val-fraction", "0.3", "--architecture", "resnet9"], "resnet9"),  # --val-split, --arch
+    (["demo", "--n-images", "4", "--device", "gpu"], "--device gpu"),  # --n
+])
+def test_old_option_names_still_parse(args, value, world, tmp_path, monkeypatch, capsys):
+    extra = {"train-victim": ["--data", "bundled:digits", "--epochs", "1"],
+             "train": ["--labels", str(world.labels), "--manifest", str(world.set_folder)]}.get(args[0], [])
+    code, _, err = run_cli([*args, *extra, "--out", tmp_path / "o"], monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: ") and value in err and "No such option" not in err
+    assert not (tmp_path / "o").exists()
