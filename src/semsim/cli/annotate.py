@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from semsim.annotation.db import Database
 
 annotate_app = typer.Typer(help="Human annotation: load sets, add annotators, serve the app, export labels.",
-                           no_args_is_help=True)
+                           no_args_is_help=True, rich_markup_mode=None)
 
 DbOption = Annotated[str, typer.Option("--db", help="SQLite file or SQLAlchemy URL (postgresql://...)")]
 BaseUrlOption = Annotated[str | None, typer.Option(help="address the app is reached at (default: the "

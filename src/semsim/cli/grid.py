@@ -12,7 +12,7 @@ import semsim.grid as grids  # a lazy package: each command imports what it uses
 from semsim.errors import SemsimError
 
 grid_app = typer.Typer(help="Run attack grids and scoring jobs (local process pool or a Ray cluster).",
-                       no_args_is_help=True)
+                       no_args_is_help=True, rich_markup_mode=None)
 GridFile = Annotated[Path, typer.Argument(help="grid file (see examples/grid.yaml)")]
 
 
