@@ -222,7 +222,7 @@ CASES: dict[str, Case] = {
         "leave the name out"),
     "one set given twice": Case(
         lambda w, t: ["score", "--sets", w.set_folder, "--sets", w.set_folder / "manifest.csv", "--out", t / "out.csv"],
-        ("cifar10/lenet/none/invgrad-10",), "given once"),
+        ("cifar10/lenet/none/invgrad-10",), "give each set once"),
     "images smaller than SSIM's window": Case(
         lambda w, t: ["score", _small_images(w, t), "--quiet", "--out", t / "out.csv"], ("0_3_ori.png", "8x8", "ssim"),
         "leave ssim"),

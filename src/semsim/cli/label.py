@@ -27,22 +27,17 @@ def label(
     quiet: Quiet = False,
 ) -> None:
     """Write a label table judged by an evaluator (recognized: its top-1 is the true class)."""
-    import pandas as pd
-
     from semsim.common.io import TABLE_SUFFIXES
     from semsim.data.labels import write_labels
-    from semsim.data.sets import ingest
+    from semsim.data.sets import ingest_sets
     from semsim.metrics.labeler import label_by_model
 
     check_writable(out, TABLE_SUFFIXES)
-    manifests = []
-    for source in sets:
-        manifest, skipped = ingest(source, skip_bad=skip_bad)
-        if len(skipped):
-            typer.echo(f"note: {source}: {len(skipped)} pair(s) skipped (unusable or failed)", err=True)
-        manifests.append(manifest)
-    table = label_by_model(pd.concat(manifests, ignore_index=True), by_model, soft=soft,
-                           batch_size=batch_size, device=device, show_progress=not quiet)
+    manifest, skipped = ingest_sets(sets, skip_bad=skip_bad)
+    for set_name, n in skipped.groupby("set", sort=False).size().items():
+        typer.echo(f"note: {set_name}: {n} pair(s) skipped (unusable or failed; not labelled)", err=True)
+    table = label_by_model(manifest, by_model, soft=soft, batch_size=batch_size, device=device,
+                           show_progress=not quiet)
     write_labels(table, out)
     summary = table.groupby("set", sort=False)["recognized"].agg(["size", "mean"])
     for set_name, row in summary.iterrows():

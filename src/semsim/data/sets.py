@@ -192,8 +192,8 @@ def ingest_sets(sources: Sequence[str | os.PathLike], skip_bad: bool = False) ->
         manifest, bad = ingest(source, skip_bad=skip_bad)
         for name in dict.fromkeys(manifest["set"]):
             if name in seen:
-                raise SemsimError(f"{source}: set '{name}' also comes from {seen[name]}; each set may be given once "
-                                  "(rename one with semsim score SOURCE --set NAME, or fix its manifest)")
+                raise SemsimError(f"{source}: set '{name}' also comes from {seen[name]}; give each set once, and "
+                                  "different sets different names (the set column of their manifests)")
             seen[name] = source
         manifests.append(manifest)
         skipped += [bad] if len(bad) else []
