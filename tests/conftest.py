@@ -1,4 +1,5 @@
-"""Shared fixtures: the real data in ../shared/data (tests skip with a reason when it is absent)."""
+"""Fixtures only (helpers live in tests/helpers.py): the real data in ../shared/data (tests skip with a reason when
+it is absent)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SHARED_DATA = Path(os.environ.get("SEMSIM_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+from helpers import SHARED_DATA
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("SEMSIM_OFFLINE", "1")  # tests never fetch weights; tests/test_weights_download.py turns it off
@@ -29,11 +30,3 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def shared_path(*parts: str) -> Path:
-    """A path inside the shared data folder, skipping the test when it is missing."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent from the shared data folder")
-    return path.resolve()

@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, roc_auc_score
 from typer.testing import CliRunner
 
+from helpers import DIRS, make_sets, synthetic
 from semsim.analysis import join_scores_labels
 from semsim.analysis.calibration import (
     calibration_bins,
@@ -26,10 +26,8 @@ from semsim.analysis.calibration import (
     heldout_summary,
 )
 from semsim.cli import app, main
-from semsim.data.labels import write_labels
 from semsim.errors import SemsimError
 from semsim.metrics.calibrated import expected_recognition, load_calibration
-from test_analysis_stats import DIRS, synthetic
 
 
 @pytest.fixture(scope="module")
@@ -207,29 +205,6 @@ def test_calibration_file_round_trip_and_refusals(data, tmp_path) -> None:
         load_calibration(tmp_path / "v1.json")
     with pytest.raises(SemsimError, match="needs column"):
         back.predict(pd.DataFrame({"mse": [1.0]}))
-
-
-def make_sets(root, n: int = 12, seed: int = 0) -> tuple:
-    """Three sets of real image files (noise of rising strength), their manifest and a label table."""
-    rng = np.random.default_rng(seed)
-    rows, labels = [], []
-    for s, set_name in enumerate(("alpha", "beta", "gamma")):
-        for i in range(n):
-            ori = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
-            sigma = 10 + 60 * ((i + s * n / 3) % n) / n - 3 * s
-            rec = np.clip(ori + rng.normal(0, sigma, ori.shape), 0, 255).astype(np.uint8)
-            folder = root / set_name
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(ori).save(folder / f"{i}_0_ori.png")
-            Image.fromarray(rec).save(folder / f"{i}_0_rec.png")
-            rows.append({"set": set_name, "image_id": str(i), "original": f"{set_name}/{i}_0_ori.png",
-                         "reconstruction": f"{set_name}/{i}_0_rec.png"})
-            recognized = float(sigma < 40) if i % 5 else float(sigma >= 40)  # mostly, not always, agree
-            labels.append({**rows[-1], "recognized": recognized, "n_judges": 1, "label_source": "human:test"})
-    manifest = root / "manifest.csv"
-    pd.DataFrame(rows).to_csv(manifest, index=False)
-    write_labels(pd.DataFrame(labels), root / "labels.csv")
-    return manifest, root / "labels.csv"
 
 
 def test_calibrate_then_score_with_calibration_cli(tmp_path) -> None:

@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
 from statsmodels.stats.multitest import multipletests
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.analysis import (
     SEMSIM_CIFAR100_DIRECTIONS,
     contradiction_matrix,

@@ -10,13 +10,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import shared_path
+from helpers import DIRS, make_sets, shared_path, synthetic
 from semsim.analysis import analyze
 from semsim.analysis.report import readable
 from semsim.cli import app, main
 from semsim.data.labels import read_labels
-from test_analysis_calibration import make_sets
-from test_analysis_stats import DIRS, synthetic
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 

@@ -11,6 +11,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score, roc_curve
 from statsmodels.stats.multitest import multipletests
 
+from helpers import DIRS, synthetic
 from semsim.analysis import (
     contradiction_matrix,
     human_ceiling,
@@ -24,32 +25,6 @@ from semsim.analysis.data import judge_matrix
 from semsim.analysis.resample import cluster_counts, clustered_auroc, set_draws, weighted_auroc
 from semsim.analysis.stats import auroc_rows, holm, kendall_rows, pearson_rows, spearman_rows
 from semsim.errors import SemsimError
-
-
-def synthetic(n_sets: int = 6, n: int = 40, seed: int = 0, judges: int = 5
-              ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Sets of rising leakage; psnr (higher = leakage) and mse (lower = leakage) follow it, 'noise' not."""
-    rng = np.random.default_rng(seed)
-    scores, labels = [], []
-    for s in range(n_sets):
-        latent = rng.normal(s * 0.4, 1.0, n)
-        p = 1 / (1 + np.exp(-(latent - 1.0)))
-        votes = (rng.random((n, judges)) < p[:, None]).astype(int)
-        votes[rng.random((n, judges)) < 0.1] = -1  # some "can't tell"
-        ids = [f"img{i}" for i in range(n)]
-        scores.append(pd.DataFrame({"set": f"set{s}", "image_id": ids,
-                                    "psnr": latent + rng.normal(0, 0.5, n),
-                                    "mse": np.exp(-latent) + rng.random(n) * 0.1,
-                                    "noise": rng.normal(size=n)}))
-        lab = pd.DataFrame({"set": f"set{s}", "image_id": ids, "recognized": (votes == 1).mean(1),
-                            "n_judges": judges, "label_source": "human:test"})
-        for k in range(judges):
-            lab[f"judge_{k + 1}"] = votes[:, k]
-        labels.append(lab)
-    return pd.concat(scores, ignore_index=True), pd.concat(labels, ignore_index=True)
-
-
-DIRS = {"psnr": True, "mse": False, "noise": True}
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.annotation.agreement import agreement, fleiss_kappa, krippendorff_alpha_nominal
 
 

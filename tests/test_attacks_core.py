@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.attacks import GradientModel, client_gradients, create_attack, recover_labels
 from semsim.attacks.lbfgs import BatchedLBFGS
 from semsim.data.images import load_images

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.attacks import GradientModel, attack_set, client_gradients, create_attack
 from semsim.attacks.engine import EngineOptions
 from semsim.attacks.lbfgs import BatchedLBFGS

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.attacks import GradInversionConfig, client_gradients, create_attack
 from semsim.attacks.gradients import GradientModel, input_normalization
 from semsim.attacks.gradinversion import _shift, register_restarts, yin_labels

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import semsim.attacks.core as core
 import semsim.attacks.runner as runner
-from conftest import shared_path
+from helpers import shared_path
 from semsim.attacks import attack_set, image_seeds
 from semsim.cli import app
 from semsim.data.datasets import load_dataset

@@ -21,9 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import shared_path
+from helpers import run_cli, shared_path
 from semsim.data.sets import write_manifest
-from test_sets import run_cli
 
 # ---- fixtures: a real set (CIFAR-10 test images), checkpoints, a calibration ------------------------------------
 

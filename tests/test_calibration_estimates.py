@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from conftest import shared_path
+from helpers import make_sets, shared_path, synthetic
 from semsim.analysis.calibration import (
     estimate_rates,
     fit_calibration,
@@ -27,8 +27,6 @@ from semsim.analysis.calibration import (
 from semsim.cli import app
 from semsim.data.labels import write_labels
 from semsim.errors import SemsimError
-from test_analysis_calibration import make_sets
-from test_analysis_stats import synthetic
 
 
 def ppi_reference(y, f_lab, f_unl, lam, level=0.95):

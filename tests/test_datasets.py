@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.data.datasets import (
     ImageDataset,
     RestrictedUnpickler,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_grid
 from semsim.attacks import attack_set
 from semsim.common.io import read_table
 from semsim.data.datasets import load_dataset
@@ -18,7 +19,6 @@ from semsim.errors import SemsimError
 from semsim.grid import build_plan, load_grid, run_plan
 from semsim.models.checkpoint import save_checkpoint
 from semsim.models.classifiers import create_model, model_config
-from test_grid_engine import write_grid
 
 
 @pytest.fixture(scope="module")

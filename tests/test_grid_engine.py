@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import make_set, write_grid
 from semsim.cli import app
 from semsim.common.io import read_table
 from semsim.data.sets import ingest
@@ -21,25 +21,6 @@ from semsim.errors import SemsimError
 from semsim.grid import build_plan, load_grid, plan_summary, read_status, run_plan
 from semsim.grid.plan import DONE_FILE, Plan, Task, task_key
 from semsim.metrics.scoring import build_metrics, score_manifest
-
-
-def write_grid(folder: Path, data: dict, name: str = "grid.yaml") -> Path:
-    path = folder / name
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def make_set(folder: Path, n: int, seed: int, size: int = 16) -> Path:
-    """A SemSim-layout set of random originals and noisy reconstructions."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True)
-    for i in range(n):
-        ori = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-        noise = rng.normal(0, 10 + 5 * i, ori.shape)
-        rec = np.clip(ori.astype(float) + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(ori).save(folder / f"{i}_{i % 3}_ori.png")
-        Image.fromarray(rec).save(folder / f"{i}_{i % 3}_rec.png")
-    return folder
 
 
 def done_mtimes(out: Path) -> dict[str, float]:

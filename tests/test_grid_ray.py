@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
+from helpers import make_set, write_grid
 from semsim.common.io import read_table
 from semsim.data.sets import ingest
 from semsim.grid import build_plan, load_grid, read_status, run_plan
 from semsim.grid.plan import DONE_FILE
 from semsim.metrics.scoring import build_metrics, score_manifest
-from test_grid_engine import make_set, write_grid
 
 ray = pytest.importorskip("ray")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.analysis.data import _set_name
 from semsim.grid import build_plan, load_grid, parse_grid
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.analysis.evaluate_semsim import oriented_auroc
 from semsim.attacks.runner import attack_set
 from semsim.data.datasets import ImageDataset

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.analysis.evaluate_semsim import oriented_auroc
 from semsim.cli import app
 from semsim.data.images import load_image, load_images, save_image

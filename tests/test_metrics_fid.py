@@ -10,7 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.data.images import load_images
 from semsim.metrics import MetricUnavailable, create, fid_from_features, metric_info
 from semsim.metrics.fid import FID, INCEPTION_FILES, KID, frechet_distance, kid_from_features

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.data.images import load_images
 from semsim.metrics import MetricUnavailable, create, metric_info
 from semsim.metrics.lpips import BACKBONE_FILES, LPIPS, lpips

@@ -11,7 +11,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.data.images import load_images
 from semsim.metrics import column_direction, create, list_metrics, metric_info, ms_ssim, mse, psnr, ssim
 from semsim.metrics.pixel import ms_ssim_min_size, ssim_skimage, to_color

@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, top_k_accuracy_score
 from typer.testing import CliRunner
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.cli import app
 from semsim.data.images import load_image, load_images, save_image
 from semsim.data.sets import ingest

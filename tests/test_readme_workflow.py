@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from test_sets import run_cli
+from helpers import run_cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # the only values changed from the README, per command (the evaluator keeps its epochs: it must recognize digits)

@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from conftest import shared_path
+from helpers import run_cli, shared_path
 from semsim.data.images import read_array
 from semsim.data.sets import write_manifest
 from semsim.metrics import column_direction
 from semsim.metrics.scoring import build_metrics, score_manifest
-from test_sets import run_cli
 
 
 @pytest.fixture(scope="module")

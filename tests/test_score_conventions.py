@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import shared_path
+from helpers import run_cli, shared_path
 from semsim.data.images import load_images
 from semsim.data.sets import write_manifest
 from semsim.metrics.pixel import psnr, ssim
-from test_sets import run_cli
 
 
 @pytest.fixture

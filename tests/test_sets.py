@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,19 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import shared_path
-from semsim.cli import main
+from helpers import run_cli, shared_path
 from semsim.data.sets import ingest, read_manifest, write_manifest
 from semsim.errors import SemsimError
-
-
-def run_cli(args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
-    """Run ``semsim ARGS`` in-process through the console entry point; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["semsim", *map(str, args)])
-    with pytest.raises(SystemExit) as exc:
-        main()
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture

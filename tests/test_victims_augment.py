@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageOps
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.errors import SemsimError
 from semsim.victims.augment import (
     ATS_POLICIES,

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import semsim.victims.train as train_module
-from conftest import shared_path
+from helpers import shared_path
 from semsim.data.datasets import ImageDataset, channel_stats, load_dataset, subset, train_val_split
 from semsim.errors import SemsimError
 from semsim.models.checkpoint import save_checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import shared_path
+from helpers import shared_path
 from semsim.errors import MetricUnavailable
 from semsim.metrics import create
 from semsim.metrics import lpips as lpips_module
