@@ -186,6 +186,10 @@ def score_sets(manifest: pd.DataFrame, metrics: Sequence[str] | None = None, *,
                             show_progress=show_progress, n_bootstrap=n_bootstrap, seed=seed)
     result.notes = notes
     result.skipped = merge_skipped(skipped, result.skipped)
+    if len(result.per_image) == 0:  # every pair was skipped: a table of nothing would look like a result
+        first = result.skipped["status"].iloc[0] if len(result.skipped) else "no pairs"
+        raise SemsimError(f"none of the {len(result.skipped)} pair(s) could be scored (first: {first}); fix the "
+                          "inputs or choose other --metrics")
     return finish_tables(result, set_annotations(built), cal, allow_out_of_range=allow_out_of_range)
 
 
