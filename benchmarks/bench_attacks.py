@@ -15,6 +15,9 @@ chunks of B images per batched optimisation, identical per-image seeds, so the m
 ``--engines`` entry (``eager``, ``tf32``, ``channels-last``, ``compile``, ``cudagraphs``, joined with ``+``)
 gets its own rows; rounds are interleaved across B and best-of kept.
 
+Timing: on CPU the process's CPU time (torch on one thread, so this is the attack's own cost; on a shared
+machine it is far less inflated by other jobs than wall time), on CUDA wall time.
+
     .venv/bin/python benchmarks/bench_attacks.py                       # CPU: ratios on LeNet, B = 1, 8, 16
     .venv/bin/python benchmarks/bench_attacks.py --device cuda --arch resnet20-4 --iterations 50 --n 256 \\
         --batch-sizes 1,32,64,128,256 --engines eager,tf32+channels-last,tf32+channels-last+cudagraphs
@@ -47,9 +50,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SEMSIM_SHARED_DATA", ROOT / ".." / "shared" / "data"))
 
 
-def sync(device: str) -> None:
+def clock(device: str) -> float:
+    """Seconds: on CPU the process's CPU time (one torch thread: what the attack itself costs, which other
+    jobs on a shared machine inflate far less than wall time); on CUDA wall time after synchronising."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def dlg_lenet(classes: int, device: str) -> torch.nn.Module:
@@ -115,11 +122,9 @@ def best_of(rounds: int, runs: dict[str, Callable[[], tuple[torch.Tensor, int]]]
     best: dict[str, tuple[float, int, torch.Tensor]] = {}
     for _ in range(rounds):
         for name, run in runs.items():
-            sync(device)
-            start = time.perf_counter()
+            start = clock(device)
             image, iterations = run()
-            sync(device)
-            per_it = (time.perf_counter() - start) / iterations
+            per_it = (clock(device) - start) / iterations
             if name not in best or per_it < best[name][0]:
                 best[name] = (per_it, iterations, image)
     return best
@@ -213,15 +218,13 @@ def timed_chunks(attack, model, grads, x, y, b: int, args: argparse.Namespace) -
     if args.warmup and attack.engine.compile:  # compile once per batch shape, outside the timing
         attack.reconstruct(model, [g[:b] for g in grads], y[:b], tuple(x.shape[1:]))
     images = []
-    sync(args.device)
-    start = time.perf_counter()
+    start = clock(args.device)
     for s in range(0, n, b):
         gens = [torch.Generator().manual_seed(image_seeds(0, i)[0]) for i in range(s, s + b)]
         out = attack.reconstruct(model, [g[s:s + b] for g in grads], y[s:s + b], tuple(x.shape[1:]),
                                  generators=gens)
         images.append(out.images)
-    sync(args.device)
-    seconds = time.perf_counter() - start
+    seconds = clock(args.device) - start
     quality = psnr(x[:n].cpu(), torch.cat(images)).mean().item()
     return {"batch_size": b, "images": n, "seconds": round(seconds, 2),
             "images_per_hour": round(n / seconds * 3600), "mean_psnr": round(quality, 2)}
@@ -263,8 +266,9 @@ def main() -> int:
     ratios = [] if args.skip_ratios else ratio_rows(args, x, y)
     throughput = throughput_rows(args, x, y)
     load_after = os.getloadavg()
+    timing = "wall time" if args.device.startswith("cuda") else "CPU time of the process"
     print(f"{device}, torch {torch.__version__}; load average {load_before[0]:.1f} at the start, "
-          f"{load_after[0]:.1f} at the end; best of {args.rounds} interleaved rounds\n")
+          f"{load_after[0]:.1f} at the end; best of {args.rounds} interleaved rounds, {timing}\n")
     if ratios:
         print("| attack | model | iterations reference / semsim | reference ms/it | semsim ms/it | ratio | "
               "PSNR reference / semsim |")

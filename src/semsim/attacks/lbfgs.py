@@ -102,18 +102,23 @@ class BatchedLBFGS:
         else:
             y = g - self.prev_g
             s = self.prev_step
-            ys = torch.linalg.vecdot(y, s)
+            ys = _rowdot(y, s)
             push = active & (ys > 1e-10)  # as torch.optim.LBFGS: keep the pair only with positive curvature
             self._push(push, s, y)
             slots = (self.head.unsqueeze(1) - self._age) % self.m  # ring slot of each pair, oldest first
             prods = torch.bmm(torch.stack([s, y, g], 1), self.pairs.mT)  # (B, 3, 2m): one pass over the pairs
             self._record(push, prods, slots)
-            self.h_diag = torch.where(push, ys / torch.linalg.vecdot(y, y), self.h_diag)
+            self.h_diag = torch.where(push, ys / _rowdot(y, y), self.h_diag)
             d = self._direction(g, prods, slots)
             t = torch.full((g.shape[0],), self.lr, dtype=g.dtype, device=g.device)
-        active = active & (torch.linalg.vecdot(g, d) <= -self.tol_change)
+        active = active & (_rowdot(g, d) <= -self.tol_change)
         step = torch.where(active.unsqueeze(1), d * t.unsqueeze(1), torch.zeros_like(d))
         self.x.add_(step)
         self.prev_g = g.clone()
         self.prev_step = step
         return active
+
+
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two ``(B, D)`` tensors (``linalg.vecdot`` runs as a slow batched bmm on CPU)."""
+    return (a * b).sum(1)
