@@ -3,13 +3,13 @@
 Real data: ``SHARED_DATA`` / :func:`shared_path` (a test skips with a reason when it is absent). Synthetic
 inputs: :func:`make_set` (a SemSim-layout folder of noisy pairs), :func:`write_grid`, :func:`synthetic` (score
 and label tables of rising leakage), :func:`make_sets` (image sets with labels). :func:`run_cli` runs the
-console entry point in-process.
+console entry point in-process. The annotation tests' own helpers (projects, logged-in clients, servers on held
+sockets) are in ``annotation_util.py``.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -42,15 +42,6 @@ def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
         main()
     out, err = capsys.readouterr()
     return exc.value.code, out, err
-
-
-def held_port() -> socket.socket:
-    """A socket bound to a free local port and kept open (pass it to the server, or read its port while the
-    test holds it, so no other process can take the port in between)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 def write_grid(folder: Path, data: dict, name: str = "grid.yaml") -> Path:
