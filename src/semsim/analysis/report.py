@@ -239,8 +239,11 @@ def summary_html(summary: pd.DataFrame) -> str:
     def cell(r: pd.Series, col: str, mark: str = "") -> str:
         if not np.isfinite(r[col]):
             return "-"
-        ci = f" [{r[col + '_ci_low']:+.2f}, {r[col + '_ci_high']:+.2f}]" if np.isfinite(r[col + "_ci_low"]) else ""
-        return f"{r[col]:+.3f}{ci}" + (f" {r[mark]}" if mark and r[mark] else "")
+        spec = ".3f" if col == "image_auroc" else "+.3f"  # AUROC: 0.5 is chance, no sign
+        ci_spec = ".3f" if col == "image_auroc" else "+.2f"
+        ci = (f" [{r[col + '_ci_low']:{ci_spec}}, {r[col + '_ci_high']:{ci_spec}}]"
+              if np.isfinite(r[col + "_ci_low"]) else "")
+        return f"{r[col]:{spec}}{ci}" + (f" {r[mark]}" if mark and r[mark] else "")
 
     rows = []
     for _, r in summary.iterrows():
@@ -294,7 +297,7 @@ def render_html(data: AnalysisData, report: AnalysisReport, inputs: dict, *, n_b
     tb, fg = report.tables, report.figures
     who = recognized_by(data)
     dirs = ", ".join(f"{m} ({'higher' if data.directions[m] else 'lower'} = more leakage)" for m in data.metrics)
-    split = f"held-out sets matching /{holdout}/" if holdout else "leave-one-set-out"
+    split = f"held-out sets matching /{holdout}/" if holdout else "leave-one-configuration-out"
     set_names = "; ".join(f"{k + 1} = {html.escape(n)}" for k, n in enumerate(tb["set_level"]["set"]))
     head = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -349,7 +352,11 @@ def render_html(data: AnalysisData, report: AnalysisReport, inputs: dict, *, n_b
     parts += _ceiling_and_agreement(tb, fg, ties)
     parts += [
         f"<h2>Calibration</h2><p>{html.escape(method)} map from each metric to P(recognized by the majority), "
-        f"fitted on some sets and scored on others ({html.escape(split)}).</p>", html_table(tb["calibration"])]
+        f"fitted on some sets and scored on others ({html.escape(split)}): each figure (AUROC, Brier score, "
+        "expected calibration error in 10 bins, error of the predicted recognition rate) is computed within a "
+        "held-out configuration and averaged over them; <code>base rate</code> predicts the training "
+        "configurations' recognition rate for every image. Descriptive: no test of differences is run on "
+        "these.</p>", html_table(tb["calibration"])]
     if "reliability" in fg:
         parts.append(html_image(fg["reliability"], "reliability diagram"))
     grids = [k for k in fg if k.startswith("disagree_")]
