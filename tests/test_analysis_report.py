@@ -171,3 +171,11 @@ def test_model_labels_say_evaluator_and_warn_on_circularity(tmp_path) -> None:
     assert any(n.startswith("warning: mr_prob is computed by an evaluation classifier") for n in report.notes)
     html = (tmp_path / "r" / "report.html").read_text()
     assert "recognition by the evaluator" in html and "recognized by a majority of the evaluator" in html
+
+
+def test_analysis_imports_no_torch() -> None:
+    """Statistics-only commands never load torch (issue 12): importing the analysis package must not."""
+    import subprocess
+
+    code = "import sys, semsim.analysis, semsim.cli.analyze; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
