@@ -27,13 +27,13 @@ import pandas as pd
 from semsim.analysis.figures import new_figure, png_bytes
 from semsim.analysis.report import REPORT_STYLE, analyze, html_image, html_table
 from semsim.attacks import attack_set
-from semsim.common.io import atomic_write, write_table
+from semsim.common.io import atomic_write
 from semsim.data.datasets import load_dataset, train_val_split
 from semsim.data.images import read_arrays
 from semsim.data.labels import write_labels
 from semsim.learned.train import TrainConfig, train_semsim
 from semsim.metrics.labeler import label_by_model
-from semsim.metrics.scoring import build_metrics, default_metric_names, score_manifest
+from semsim.metrics.scoring import score_sets
 from semsim.victims.train import train_to_checkpoint
 
 DIGITS = "bundled:digits"
@@ -133,14 +133,11 @@ def run_demo(cfg: DemoConfig | None = None) -> DemoResult:
                  device=cfg.device, show_progress=cfg.show_progress)
     lap("train SemSim")
 
-    names = default_metric_names() + ["mr", "iip", "feature_distance", "semsim"]
-    kwargs = {"mr": {"evaluator": evaluator}, "iip": {"evaluator": evaluator},
-              "feature_distance": {"evaluator": evaluator}, "semsim": {"model": semsim_model}}
-    metrics, skipped = build_metrics(names, device=cfg.device, **kwargs)
-    notes += skipped
-    scores = score_manifest(manifest, metrics, device=cfg.device, show_progress=cfg.show_progress)
-    write_table(scores.per_image, out / "scores.csv")
-    write_table(scores.per_set, out / "scores_sets.csv")
+    # the default panel + the evaluator's metrics + SemSim, as `semsim score --evaluator --semsim` scores it
+    scores = score_sets(manifest, evaluator=evaluator, semsim=semsim_model, device=cfg.device,
+                        show_progress=cfg.show_progress)
+    notes += scores.notes
+    scores.write(out / "scores.csv")  # and scores_sets.csv
     lap("score")
 
     analysis = analyze(out / "scores.csv", out / "labels.csv", out / "analysis", n_boot=200, seed=cfg.seed)

@@ -26,7 +26,7 @@ from semsim.data.labels import majority
 from semsim.errors import SemsimError
 from semsim.learned.train import TrainConfig, train_semsim
 from semsim.metrics.registry import list_metrics, metric_info
-from semsim.metrics.scoring import build_metrics, score_manifest
+from semsim.metrics.scoring import build_panel, score_manifest
 
 BASELINES = ("psnr", "ssim", "lpips_alex")
 
@@ -117,10 +117,8 @@ def evaluate_generalization(
     registered = {m.name for m in list_metrics()}
     names = ["semsim"] + [b for b in baselines if b in registered]
     notes += [f"{b} skipped: not available in semsim.metrics" for b in baselines if b not in registered]
-    metrics, build_notes = build_metrics(names, device=device, semsim={"model": model})
+    metrics, build_notes = build_panel(names, semsim=model, device=device)  # notes: skipped metrics, provenance
     notes += build_notes
-    if metrics["semsim"].provenance_note():
-        notes.append(metrics["semsim"].provenance_note())
     manifest = test[["set", "image_id", "original", "reconstruction"]].reset_index(drop=True)
     scores = score_manifest(manifest, metrics, device=device, show_progress=show_progress, n_bootstrap=200)
     table = scores.per_image.merge(test[["set", "image_id", "recognized"]], on=["set", "image_id"])

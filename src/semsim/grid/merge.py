@@ -42,7 +42,7 @@ def _complete_sets(plan: Plan, kind: str) -> tuple[dict[str, list[Task]], list[s
     by_set: dict[str, list[Task]] = {}
     for t in plan.tasks:
         if t.kind == kind:
-            by_set.setdefault(t.set, []).append(t)
+            by_set.setdefault(str(t.set), []).append(t)
     complete = {s: ts for s, ts in by_set.items() if all(is_done(t) for t in ts)}
     return complete, sorted(set(by_set) - set(complete))
 
@@ -60,7 +60,7 @@ def merge_set(set_name: str, shards: list[Task], folder: Path) -> pd.DataFrame:
             failed = (df["status"].fillna("ok").ne("ok") if "status" in df
                       else pd.Series(False, index=df.index))
             for col in ("original", "reconstruction"):
-                new = []
+                new: list[str | None] = []
                 for p, bad in zip(df[col], failed, strict=True):
                     if pd.isna(p) or (bad and not Path(p).exists()):  # a failed image may have no files
                         new.append(None)
@@ -93,7 +93,7 @@ def merge_sets(plan: Plan) -> tuple[list[str], list[str]]:
 
 def score_table_paths(plan: Plan) -> tuple[Path, Path]:
     """The merged per-image and per-set score tables (``<table>`` and ``<stem>_sets<suffix>``)."""
-    out = plan.spec.out / plan.spec.score.table
+    out = plan.spec.out / plan.spec.scoring.table
     return out, set_table_path(out)
 
 

@@ -160,7 +160,7 @@ def _score_tasks(spec: GridSpec, set_name: str, shards: list[Shard], root: Path)
     """
     from semsim.metrics import metric_info
 
-    score = spec.score
+    score = spec.scoring
     folder = root / "shards" / safe_path(set_name)
     tasks = []
     for level in ("image", "set"):
@@ -244,9 +244,13 @@ def _collection_tasks(spec: GridSpec, root: Path) -> tuple[list[Task], dict[str,
     """Score tasks for existing sets: each set's manifest is resolved once, then split into shards of ids."""
     from semsim.data.sets import ingest
 
-    tasks, inputs, skipped, seen = [], {}, [], {}
+    tasks: list[Task] = []
+    inputs: dict[str, pd.DataFrame] = {}
+    skipped: list[pd.DataFrame] = []
+    seen: dict[str, str] = {}
+    score = spec.scoring
     for item in spec.sets:
-        manifest, bad = ingest(item.path, set_name=item.name, skip_bad=spec.score.skip_bad)
+        manifest, bad = ingest(item.path, set_name=item.name, skip_bad=score.skip_bad)
         if len(bad):
             skipped.append(bad)
         for set_name, group in manifest.groupby("set", sort=False):
@@ -258,7 +262,7 @@ def _collection_tasks(spec: GridSpec, root: Path) -> tuple[list[Task], dict[str,
             path = str(root / "inputs" / f"{safe_path(set_name).replace('/', '__')}.parquet")
             group = group.reset_index(drop=True)
             inputs[path] = group
-            size = spec.score.shard_size
+            size = score.shard_size
             ids = _chunks(group["image_id"].astype(str).tolist(), size)
             # a key must change when the files a shard points at change: hash paths, sizes and mtimes
             rows = [f"{r.image_id},{_file_stamp(r.original)},{_file_stamp(r.reconstruction)}"
@@ -273,7 +277,9 @@ def _collection_tasks(spec: GridSpec, root: Path) -> tuple[list[Task], dict[str,
 
 def _probe_tasks(spec: GridSpec, root: Path) -> list[Task]:
     p = spec.probe
-    tasks = []
+    tasks: list[Task] = []
+    if p is None:
+        return tasks
     for k in range(p.tasks):
         marker = root / "work" / f"probe-{k:04d}"
         params = {"images": p.images, "sleep": p.sleep,

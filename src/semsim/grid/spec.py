@@ -140,6 +140,13 @@ class GridSpec:
     sets: tuple[SetInput, ...] = ()
     probe: ProbeSpec | None = None
 
+    @property
+    def scoring(self) -> ScoreSpec:
+        """The ``score`` section (for grids that score; an error names the missing section otherwise)."""
+        if self.score is None:
+            raise SemsimError(f"{self.path}: the grid has no 'score' section")
+        return self.score
+
 
 def _fail(where: str, what: str) -> SemsimError:
     return SemsimError(f"{where}: {what}")
@@ -156,12 +163,15 @@ def _mapping(value: Any, where: str, allowed: set[str]) -> dict[str, Any]:
     return value
 
 
-def _int(value: Any, where: str, minimum: int = 0, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _int(value: Any, where: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise _fail(where, f"expected an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _opt_int(value: Any, where: str, minimum: int = 0) -> int | None:
+    """:func:`_int`, or None when the value is absent."""
+    return None if value is None else _int(value, where, minimum)
 
 
 def _name(value: Any, where: str, nested: bool = False) -> str:
@@ -204,7 +214,7 @@ def _datasets(raw: Any, base: Path, where: str) -> tuple[DatasetSpec, ...]:
             raise _fail(w, "'path' is missing; give a CIFAR, MNIST or image-folder dataset")
         path = _path(base, entry["path"], f"{w}.path")
         train = _path(base, entry["train"], f"{w}.train") if "train" in entry else path
-        size = _int(entry.get("image_size"), f"{w}.image_size", 1, allow_none=True)
+        size = _opt_int(entry.get("image_size"), f"{w}.image_size", 1)
         splits = [entry.get(k) for k in ("split", "train_split")]
         if any(s not in (None, "train", "test") for s in splits):
             raise _fail(w, f"split {splits}: use train or test (CIFAR, MNIST folders)")
@@ -253,7 +263,7 @@ def _attacks(raw: Any, where: str) -> tuple[AttackSpec, ...]:
         entry = _mapping(entry, w, {"name", "iterations", "options"})
         if "name" not in entry:
             raise _fail(w, "'name' is missing (dlg, idlg, invgrad, gradinversion)")
-        iters = tuple(_int(v, f"{w}.iterations", 1, allow_none=True) for v in _list(entry.get("iterations")))
+        iters = tuple(_opt_int(v, f"{w}.iterations", 1) for v in _list(entry.get("iterations")))
         iters = iters or (None,)
         options = _mapping(entry.get("options"), f"{w}.options", set(map(str, entry.get("options") or {})))
         from semsim.attacks import create_attack
@@ -342,8 +352,8 @@ def parse_grid(data: dict[str, Any], path: Path) -> GridSpec:
         indices = tuple(_int(i, f"{where}: images.indices", 0) for i in _list(img["indices"]))
         if len(set(indices)) != len(indices) or img.get("n") is not None or img.get("per_class") is not None:
             raise _fail(f"{where}: images.indices", "list each index once, without n or per_class")
-    images = ImagesSpec(_int(img.get("n"), f"{where}: images.n", 1, allow_none=True),
-                        _int(img.get("per_class"), f"{where}: images.per_class", 1, allow_none=True),
+    images = ImagesSpec(_opt_int(img.get("n"), f"{where}: images.n", 1),
+                        _opt_int(img.get("per_class"), f"{where}: images.per_class", 1),
                         _int(img.get("seed", 0), f"{where}: images.seed"),
                         _int(img.get("shard_size", 8), f"{where}: images.shard_size", 1), indices)
     atk = _mapping(data.get("attack"), f"{where}: attack", {"batch_size"})
@@ -359,7 +369,7 @@ def parse_grid(data: dict[str, Any], path: Path) -> GridSpec:
     spec = GridSpec(
         path=path.resolve(), out=out, device=device,
         retries=_int(data.get("retries", 2), f"{where}: retries"),
-        threads=_int(data.get("threads"), f"{where}: threads", 1, allow_none=True),
+        threads=_opt_int(data.get("threads"), f"{where}: threads", 1),
         seed=_int(data.get("seed", 0), f"{where}: seed"),
         datasets=datasets, victims=victims, defenses=defenses, attacks=attacks, images=images,
         attack_batch_size=_int(atk.get("batch_size", 8), f"{where}: attack.batch_size", 1),

@@ -63,11 +63,12 @@ def _run_train(task: Task, work: Path) -> dict[str, Any]:
     model = create_model(p["architecture"], num_classes=len(data.classes), image_size=size, mean=mean,
                          std=std)
     # per-epoch state in the work folder: a killed attempt resumes from its last finished epoch
-    schedule = {k: p[k] for k in ("schedule", "nesterov", "warmup", "milestones") if k in p}
+    schedule: dict[str, Any] = {k: p[k] for k in ("schedule", "nesterov", "warmup", "milestones") if k in p}
     result = train_classifier(model, data, epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
                               augment=p["augment"], defense=p["defense"], device=task.device, seed=p["seed"],
                               show_progress=False, state_dir=work / "train-state", **schedule)
-    training = {k: p[k] for k in ("dataset", "epochs", "batch_size", "lr", "augment", "defense", "seed")}
+    training: dict[str, Any] = {k: p[k] for k in ("dataset", "epochs", "batch_size", "lr", "augment", "defense",
+                                                  "seed")}
     training.update(schedule)
     training.update(n=len(data), train_accuracy=result.get("train_accuracy"), source=f"semsim grid {task.id}")
     config = model_config(p["architecture"], len(data.classes), size, mean, std, classes=list(data.classes),

@@ -27,7 +27,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +43,7 @@ ORIGINAL_CACHE_SIZE = 50_000  # originals whose evaluator features are kept betw
 IIP_VARIANTS = ("pixel", "lpips", "feature")
 
 
-def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Resize NCHW images in [0, 1] to ``size`` (bilinear, antialiased); unchanged when already that size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
@@ -271,7 +271,7 @@ class ImageIdentifiability(nn.Module):
         explicit = variants is not None
         if isinstance(variants, str):
             variants = [v.strip() for v in variants.split(",") if v.strip()]
-        variants = list(variants) if explicit else ["pixel", "lpips"] + (["feature"] if evaluator else [])
+        variants = list(variants) if variants is not None else ["pixel", "lpips"] + (["feature"] if evaluator else [])
         unknown = [v for v in variants if v not in IIP_VARIANTS]
         if unknown or not variants:
             raise SemsimError(f"iip variants {unknown or variants}: choose from {', '.join(IIP_VARIANTS)}")
@@ -326,11 +326,12 @@ class ImageIdentifiability(nn.Module):
         self._own.extend(self._ori[k] for k in keys)
         if "pixel" in self.variants or "lpips" in self.variants:
             self._rec_images.extend(reconstruction.cpu())
-        if "feature" in self.variants:
+        if "feature" in self.variants:  # the constructor made sure an evaluator comes with this variant
+            evaluator = cast(Evaluator, self.evaluator)
             if new:
-                feats = self.evaluator.original_features(original[new], [keys[i] for i in new])
+                feats = evaluator.original_features(original[new], [keys[i] for i in new])
                 self._ori_feats.append(feats.cpu())
-            self._rec_feats.append(self.evaluator.features(reconstruction).cpu())
+            self._rec_feats.append(evaluator.features(reconstruction).cpu())
 
     def _load_gallery(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The gallery's images (float, [0, 1]) and labels, loaded once."""
@@ -347,8 +348,9 @@ class ImageIdentifiability(nn.Module):
         """The evaluator's features of the gallery, computed once."""
         if self._gallery_feats is None:
             images, _ = self._load_gallery()
-            dev = self.evaluator.device
-            self._gallery_feats = torch.cat([self.evaluator.features(images[s:s + 256].to(dev)).cpu()
+            evaluator = cast(Evaluator, self.evaluator)
+            dev = evaluator.device
+            self._gallery_feats = torch.cat([evaluator.features(images[s:s + 256].to(dev)).cpu()
                                              for s in range(0, len(images), 256)])
         return self._gallery_feats
 
@@ -383,8 +385,10 @@ class ImageIdentifiability(nn.Module):
         mask = allowed.clone() if allowed is not None else torch.ones(n, m, dtype=torch.bool)
         mask[torch.arange(n), torch.tensor(self._own)] = True
 
+        lpips = cast(Any, self.lpips)  # an LPIPS module whenever the lpips variant is on
+
         def layers(images: torch.Tensor) -> list[torch.Tensor]:
-            parts = [self.lpips.features(images[s:s + chunk].to(self._device))
+            parts = [lpips.features(images[s:s + chunk].to(self._device))
                      for s in range(0, len(images), chunk)]
             return [torch.cat(level) for level in zip(*parts, strict=True)]
 
@@ -393,8 +397,8 @@ class ImageIdentifiability(nn.Module):
         ri, ci = mask.nonzero(as_tuple=True)
         for s in range(0, len(ri), chunk):
             r, c = ri[s:s + chunk].to(self._device), ci[s:s + chunk].to(self._device)
-            total = sum(lin((fr[r] - fc[c]).pow(2)).mean((1, 2, 3))
-                        for fr, fc, lin in zip(f_rec, f_cand, self.lpips.lins, strict=True))
+            total = cast(torch.Tensor, sum(lin((fr[r] - fc[c]).pow(2)).mean((1, 2, 3))
+                                           for fr, fc, lin in zip(f_rec, f_cand, lpips.lins, strict=True)))
             dist[r.cpu(), c.cpu()] = total.double().cpu()
         return dist
 

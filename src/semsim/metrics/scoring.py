@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,9 @@ from semsim.metrics.registry import (
     per_image_columns,
 )
 from semsim.metrics.summary import bootstrap_mean_ci, set_table_path, summarize_set
+
+if TYPE_CHECKING:
+    from semsim.metrics.semsim_metric import SemSimMetric
 
 __all__ = ["ScoreResult", "bootstrap_mean_ci", "build_metrics", "build_panel", "default_metric_names",
            "finish_tables", "panel_request", "score_manifest", "score_sets", "set_annotations",
@@ -131,16 +134,16 @@ def build_panel(metrics: Sequence[str] | None = None, *, evaluator: str | os.Pat
     built, notes = build_metrics(names, device=device, **kwargs)
     if not built:
         raise SemsimError("none of the requested metrics can run here: " + "; ".join(notes))
-    note = built["semsim"].provenance_note() if "semsim" in built else None
+    note = cast("SemSimMetric", built["semsim"]).provenance_note() if "semsim" in built else None
     return built, notes + ([note] if note else [])
 
 
 def set_annotations(metrics: Mapping[str, torch.nn.Module]) -> dict[str, str]:
     """Columns every per-set row carries about how it was scored: which model the ``semsim`` column comes
     from and whose judgments it reproduces (``semsim_label_source``, ``semsim_model``)."""
-    semsim = metrics.get("semsim")
-    if semsim is None:
+    if "semsim" not in metrics:
         return {}
+    semsim = cast("SemSimMetric", metrics["semsim"])
     return {"semsim_label_source": ";".join(semsim.label_sources) or "unrecorded",
             "semsim_model": semsim.model_path}
 
@@ -283,6 +286,8 @@ def _load_batch(rows: pd.DataFrame, skip_bad: bool, decoder: DecodePool
     rec: list[np.ndarray | None] = []
     why: list[str | None] = []
     for o, r in zip(rows["original"], rows["reconstruction"], strict=True):
+        a: np.ndarray | None
+        b: np.ndarray | None
         try:
             a, b = read_arrays([o, r], workers=1)
             reason = None if a.shape == b.shape else f"{r}: size differs from its original {o}"
@@ -324,7 +329,7 @@ def _size_checked(batches: Iterator[_Batch], metrics: Mapping[str, torch.nn.Modu
                   ) -> Iterator[_Batch]:
     """Pass batches on, marking pairs smaller than a metric's ``min_size`` (e.g. SSIM's 11-pixel window) as
     unusable with ``skip_bad``, or stopping at the first such pair without it."""
-    needs = {name: int(m.min_size) for name, m in metrics.items() if getattr(m, "min_size", 0)}
+    needs = {name: int(cast(Any, m).min_size) for name, m in metrics.items() if getattr(m, "min_size", 0)}
     for rows, ori, rec, why in batches:
         for j, a in enumerate(ori):
             if why[j] is not None or a is None:

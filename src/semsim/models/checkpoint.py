@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
@@ -63,7 +63,10 @@ def load_checkpoint(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor],
                           "retrain it") from None
 
 
-def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> torch.nn.Module:
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def load_state_into(model: ModuleT, state: dict[str, torch.Tensor], source: str) -> ModuleT:
     """Load ``state`` into ``model`` strictly, turning a mismatch into a one-line error naming ``source``."""
     try:
         model.load_state_dict(state, strict=True)

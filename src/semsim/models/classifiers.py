@@ -30,6 +30,10 @@ class Classifier(nn.Module):
     """Base: normalises [0, 1] inputs, then ``head(features(x))``."""
 
     feature_dim: int
+    head: nn.Module  # set by each architecture (a linear layer, or nn.Identity for an embedding)
+    mean: torch.Tensor  # normalisation buffers, (1, C, 1, 1)
+    std: torch.Tensor
+    image_size: int  # recorded by load_classifier from the checkpoint config
 
     def __init__(self, mean: Sequence[float] = CIFAR_MEAN, std: Sequence[float] = CIFAR_STD) -> None:
         super().__init__()
