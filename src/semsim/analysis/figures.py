@@ -93,7 +93,8 @@ def scatter_figure(per_set: pd.DataFrame, correlations: pd.DataFrame, metrics: l
         if k_ax % 4 == 0:
             ax.set_ylabel(rate_label, fontsize=6)
         ax.tick_params(labelsize=5.5)
-        ax.locator_params(axis="x", nbins=3)
+        ax.locator_params(axis="x", nbins=3)  # few ticks: on a 22-panel grid, tick artists cost most of the time
+        ax.set_yticks([0, 0.5, 1])
     return fig
 
 
@@ -155,6 +156,8 @@ def ceiling_figure(data: AnalysisData, ties: str) -> Figure | None:
         ax.set_title(f"target: majority of the others (ties: {ties})", fontsize=6.5)
         ax.set_xlabel("false positive rate", fontsize=6)
         ax.set_ylabel("true positive rate", fontsize=6)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_yticks([0, 0.5, 1])
         ax.tick_params(labelsize=5.5)
         ax.legend(fontsize=6, loc="lower right")
     fig.legend(lines, data.metrics, loc="lower center", ncol=6, fontsize=6, frameon=False)
