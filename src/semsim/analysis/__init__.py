@@ -1,7 +1,13 @@
 """Faithfulness analysis: how well does each leakage metric agree with people? (Sun et al., NeurIPS 2023)
 
-Join a score table with a label table, then: set-level correlations (the paper's protocol), image-level
-AUROC, contradictions between metrics, the human ceiling, and calibration of metrics into P(recognized).
+Join a score table with a label table (:mod:`~semsim.analysis.data`), then: set-level correlations (the
+paper's protocol) and image-level AUROC with bootstrap intervals over configurations and over originals
+(:mod:`~semsim.analysis.stats`, :mod:`~semsim.analysis.resample`), tests of differences between metrics
+(:mod:`~semsim.analysis.compare`), contradictions between sets and per original
+(:mod:`~semsim.analysis.contradiction`), the tie-handled human ceiling (:mod:`~semsim.analysis.ceiling`),
+agreement between annotators (:mod:`~semsim.analysis.agreement`), calibration of metrics into P(recognized)
+(:mod:`~semsim.analysis.calibration`), and the summary tables and report (:mod:`~semsim.analysis.summary`,
+:mod:`~semsim.analysis.report`).
 """
 
 from semsim.analysis.calibration import (
