@@ -292,7 +292,7 @@ def load_image_folder(folder: str | os.PathLike, image_size: int | None = None,
             files = _images_in(d)
             paths += files
             labels += [label] * len(files)
-        info = {"source": str(folder), "format": "image-folder"}
+        info: dict[str, Any] = {"source": str(folder), "format": "image-folder"}
     elif loose:
         classes, paths, labels = [], loose, [-1] * len(loose)
         info = {"source": str(folder), "format": "image-folder", "unlabelled": True}

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -116,7 +116,7 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
             # stopped at exit, also in a multiprocessing child, which would otherwise wait for them forever
             multiprocessing.util.Finalize(pool, pool.shutdown, exitpriority=10)
             _WORKERS[workers] = (os.getpid(), pool)
-        return pool
+        return cast(ProcessPoolExecutor, pool)
 
 
 class DecodePool:
@@ -157,7 +157,7 @@ class DecodePool:
 def load_images(paths: Sequence[str | os.PathLike], workers: int | None = None) -> torch.Tensor:
     """Load same-sized images as one float32 NCHW tensor in [0, 1]."""
     arrays = read_arrays(paths, workers)
-    first = arrays[0].shape if arrays else None
+    first = arrays[0].shape if arrays else ()
     for path, arr in zip(paths, arrays, strict=True):
         if arr.shape != first:
             raise SemsimError(

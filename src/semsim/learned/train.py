@@ -251,7 +251,8 @@ def train_semsim(
     base = {**net.config(), "label_sources": sources, "human_labels": all(is_human(s) for s in sources)}
     summary = {**data_summary(labels, train, val), "fingerprint": fingerprint, "config": asdict(config)}
 
-    start, history, best = 0, [], {"score": -float("inf"), "epoch": None, "validation": {}}
+    start, history = 0, []
+    best: dict[str, Any] = {"score": -float("inf"), "epoch": None, "validation": {}}
     spath = state_path(out)
     if resume and spath.is_file():
         meta = load_train_state(spath, net, opt, fingerprint)

@@ -47,7 +47,7 @@ def vgg16_features() -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = 3
     for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
-        if v == "M":
+        if isinstance(v, str):  # "M": a 2x2 max-pool
             layers.append(nn.MaxPool2d(2, 2))
         else:
             layers += [nn.Conv2d(channels, v, 3, padding=1), nn.ReLU()]
@@ -99,7 +99,7 @@ class FeatureNet(nn.Module):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs, start = [], 0
         for end in self.taps:
-            for layer in self.features[start:end]:
+            for layer in list(self.features)[start:end]:
                 x = layer(x)
             outs.append(x)
             start = end

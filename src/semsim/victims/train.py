@@ -20,7 +20,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -194,7 +194,7 @@ def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batc
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    start_epoch, history = 0, []
+    start_epoch, history = 0, cast(list[dict[str, Any]], [])
     state_path = Path(state_dir) if state_dir is not None else None
     fingerprint = _fingerprint(model, train, settings) if state_path is not None else ""
     if state_path is not None and (state_path / STATE_FILE).is_file():
@@ -227,7 +227,7 @@ def train_classifier(model: nn.Module, train: ImageDataset, *, epochs: int, batc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if dfn.kind != "none":
-                    defended = dfn.apply([p.grad for p in params], generator=dgen)
+                    defended = dfn.apply([cast(torch.Tensor, p.grad) for p in params], generator=dgen)
                     for p, g in zip(params, defended, strict=True):
                         p.grad = g
                 opt.step()
@@ -309,7 +309,7 @@ def train_to_checkpoint(out: str | os.PathLike, *, role: str, arch: str, data: s
     if not resume and state_dir.exists():
         shutil.rmtree(state_dir)
     if epochs == 0:
-        result = {"history": [], "accuracy": evaluate_accuracy(model, val) if val is not None else None,
+        result: dict[str, Any] = {"history": [], "accuracy": evaluate_accuracy(model, val) if val is not None else None,
                   "train_accuracy": None, "epochs": 0, "augment": parse_augment(augment).spec,
                   "defense": parse_defense(defense).name}
     else:
