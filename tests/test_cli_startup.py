@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -88,3 +89,14 @@ def test_builtin_metric_list_matches_the_metric_modules() -> None:
     assert fid.INCEPTION_FILES[0] in described["fid"]
     for net in ("alex", "vgg", "squeeze"):
         assert lpips.BACKBONE_FILES[net][0] in described[f"lpips_{net}"]
+
+
+def test_importing_one_metric_loads_only_its_module() -> None:
+    code = ("import json, sys\nfrom semsim.metrics import psnr\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('semsim'))))\n"
+            "print('sklearn' in sys.modules, 'pandas' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    loaded, heavy = run.stdout.splitlines()
+    assert json.loads(loaded) == ["semsim", "semsim.common", "semsim.common.lazy", "semsim.errors", "semsim.metrics",
+                            "semsim.metrics.pixel", "semsim.metrics.registry"], loaded
+    assert heavy == "False False"
