@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -77,12 +76,3 @@ class SemSimMetric(nn.Module):
         else:
             eo, er = self._cache.features(original, self.net), self.net(reconstruction)
         return (eo - er).norm(dim=1)
-
-
-def annotate_provenance(per_set: pd.DataFrame, metric: SemSimMetric) -> pd.DataFrame:
-    """Add ``semsim_label_source`` (and ``semsim_model``) to a per-set score table, so the table says whose
-    judgments the semsim column reproduces."""
-    out = per_set.copy()
-    out["semsim_label_source"] = ";".join(metric.label_sources) or "unrecorded"
-    out["semsim_model"] = metric.model_path
-    return out
