@@ -15,6 +15,7 @@ from semsim.analysis import analyze
 from semsim.analysis.report import readable
 from semsim.cli import app, main
 from semsim.data.labels import read_labels
+from semsim.errors import SemsimError
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
 
@@ -179,3 +180,18 @@ def test_analysis_imports_no_torch() -> None:
 
     code = "import sys, semsim.analysis, semsim.cli.analyze; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_option_misuse_fails_before_work(tmp_path) -> None:
+    runner = CliRunner()
+    scores, labels = synthetic(n_sets=2, n=5)
+    scores.to_csv(tmp_path / "s.csv", index=False)
+    res = runner.invoke(app, ["analyze", str(tmp_path / "s.csv"), "--vlm", str(tmp_path / "v.csv"), "--out",
+                              str(tmp_path / "r")])
+    # (main() turns a SemsimError into "error: ..." and exit 2; test_lossy_join_exits_2_with_the_count checks that)
+    assert isinstance(res.exception, SemsimError) and "--vlm adds CLIP predictions" in str(res.exception)
+    res = runner.invoke(app, ["analyze", str(tmp_path / "s.csv"), "--ties", "maybe", "--out", str(tmp_path / "r")])
+    assert isinstance(res.exception, SemsimError) and "--ties 'maybe'" in str(res.exception)
+    assert not (tmp_path / "r").exists()
+    shown = readable(pd.DataFrame({"n": [8400, 6939.6], "n_ties": [0.0, 1460.4], "auroc": [0.7, 0.71]}))
+    assert list(shown["n"]) == ["8400", "6939.6"] and list(shown["n_ties"]) == ["0", "1460.4"]

@@ -193,11 +193,6 @@ def fmt_p(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}" if p > 0 else "0"
 
 
-def _integral(values: pd.Series) -> bool:
-    x = values.to_numpy(dtype=float)
-    return bool(np.all(x[np.isfinite(x)] == np.round(x[np.isfinite(x)])))
-
-
 def _is_p(col: str) -> bool:
     return col == "p" or col.endswith(("_p", "_p_holm", "p_bootstrap")) or col == "p_holm"
 
@@ -219,8 +214,10 @@ def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             out[col] = v.astype(str)
         elif _is_p(col):
             out[col] = [fmt_p(x) for x in v]
-        elif pd.api.types.is_integer_dtype(v) or (col == "n" or col.startswith("n_")) and _integral(v):
-            out[col] = [str(int(x)) if np.isfinite(x) else "-" for x in v.astype(float)]
+        elif pd.api.types.is_integer_dtype(v) or (col == "n" or col.startswith("n_")):
+            # counts as integers; a mean count (the ceiling's "mean" rows) with one decimal
+            out[col] = [("-" if not np.isfinite(x) else str(int(x)) if float(x).is_integer() else f"{x:.1f}")
+                        for x in v.astype(float)]
         else:
             out[col] = [f"{x:.{digits}f}" if np.isfinite(x) else "-" for x in v]
     return out
