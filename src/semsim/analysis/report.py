@@ -370,6 +370,15 @@ def _image_unit(tb: dict[str, pd.DataFrame]) -> str:
     return unit.split(" over ", 1)[1] if " over " in unit else "nothing (no bootstrap)"
 
 
+def _ceiling_tables(ceiling: pd.DataFrame) -> str:
+    """The ceiling's averages over annotator slots, then every slot in a folded section."""
+    if not len(ceiling):
+        return "<p><em>no judge_&lt;k&gt; columns in the label table: ceiling not computed</em></p>"
+    mean = ceiling["slot"] == "mean"
+    return (html_table(ceiling[mean]) + "<details><summary>Per annotator slot</summary>"
+            + html_table(ceiling[~mean]) + "</details>")
+
+
 def _ceiling_and_agreement(tb: dict[str, pd.DataFrame], fg: dict[str, bytes], ties: str) -> list[str]:
     parts = [
         "<h2>Human ceiling</h2><p>Leave one annotator out: the target is the majority of the other "
@@ -378,8 +387,7 @@ def _ceiling_and_agreement(tb: dict[str, pd.DataFrame], fg: dict[str, bytes], ti
         "<code>tpr</code> at false-positive rate <code>fpr</code>); metric rows score the metric on the same "
         "images and target, with <code>tpr_at_annotator_fpr</code>, its hit rate at the annotator's "
         "false-positive rate.</p>",
-        html_table(tb["human_ceiling"]) if len(tb["human_ceiling"]) else
-        "<p><em>no judge_&lt;k&gt; columns in the label table: ceiling not computed</em></p>"]
+        _ceiling_tables(tb["human_ceiling"])]
     if "ceiling" in fg:
         parts.append(html_image(fg["ceiling"], "ROC curves against each annotator's target"))
     if len(tb["agreement"]):
