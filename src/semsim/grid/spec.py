@@ -23,6 +23,11 @@ Scoring grid (the same engine over many existing sets)::
     sets: [runs/study/sets/*/*/*/*, {path: other/manifest.csv, name: other}]
     score: {metrics: [psnr, ssim], shard_size: 500}
 
+``score`` also takes what ``semsim score`` does, with the same effect on the tables: ``evaluator:`` (an
+evaluation checkpoint for mr / iip / feature_distance), ``semsim:`` (a SemSim model folder: the ``semsim``
+column and its provenance columns), ``calibration:`` (a calibration file, applied to the merged tables),
+``skip_bad: true``, and per-metric ``options``.
+
 Probe grid (empty tasks, to check a cluster and measure per-task overhead; ``crash_once`` / ``fail_times``
 inject worker deaths and errors to see the retries at work)::
 
