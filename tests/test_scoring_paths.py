@@ -13,6 +13,7 @@ from helpers import make_set, write_grid
 from semsim.cli import app
 from semsim.common.io import read_table
 from semsim.data.sets import ingest, write_manifest
+from semsim.errors import SemsimError
 from semsim.grid import build_plan as build_grid_plan
 from semsim.grid import load_grid, run_plan
 from semsim.learned.model import SemSimNet
@@ -83,3 +84,15 @@ def test_cli_grid_and_api_write_identical_tables(inputs: dict[str, Path], one_th
     for out in (grid_out, api_out):
         pd.testing.assert_frame_equal(read_table(out), cli_images)
         pd.testing.assert_frame_equal(read_table(set_table_path(out)), cli_sets)
+
+
+def test_grid_score_section_takes_the_score_command_inputs(tmp_path: Path) -> None:
+    make_set(tmp_path / "a", 2, 0)
+    spec = load_grid(write_grid(tmp_path, {"sets": ["a"], "score": {"metrics": ["psnr", "mr"], "evaluator": "ev",
+                                                                   "semsim": "model"}}))
+    assert spec.scoring.metrics == ("psnr", "mr", "semsim")
+    assert spec.scoring.options["mr"] == {"evaluator": str((tmp_path / "ev").resolve())}
+    assert spec.scoring.options["semsim"] == {"model": str((tmp_path / "model").resolve())}
+    (tmp_path / "cal.json").write_text("{}")
+    with pytest.raises(SemsimError, match="not a semsim calibration file"):  # checked before anything runs
+        load_grid(write_grid(tmp_path, {"sets": ["a"], "score": {"metrics": ["psnr"], "calibration": "cal.json"}}))
