@@ -159,219 +159,229 @@ def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.split("\n\n") if p.strip()]
 
 
-def create_app(db_url: str | os.PathLike, session_hours: float = sessions.DEFAULT_SESSION_HOURS,
-               secure_cookies: bool = False) -> FastAPI:
-    """The app for one annotation database; sessions last ``session_hours``; ``secure_cookies`` marks the
-    cookie Secure even when the app itself sees plain HTTP (behind a TLS-terminating proxy)."""
-    db = Database(db_url)
-    info = project_info(db)
-    writer = AnswerWriter(db, info)
-    templates = Jinja2Templates(directory=str(HERE / "templates"))
+class _Site:
+    """What the routes share: the database, the project, the writer, the templates and the login rules."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        writer.close()
-        db.dispose()
+    def __init__(self, db: Database, session_hours: float, secure_cookies: bool):
+        self.db, self.session_hours, self.secure_cookies = db, session_hours, secure_cookies
+        self.info = project_info(db)
+        self.writer = AnswerWriter(db, self.info)
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
 
-    def authenticate(scope: Scope) -> object | None:
+    def authenticate(self, scope: Scope) -> object | None:
+        """For :class:`RequestGuard`: the bearer token's annotator (API) or the session's (pages), or None."""
         request = Request(scope)
         if scope["path"].startswith("/api/"):
             auth = request.headers.get("authorization", "")
-            return sessions.annotator_by_token(db, auth[7:]) if auth.lower().startswith("bearer ") else None
+            return sessions.annotator_by_token(self.db, auth[7:]) if auth.lower().startswith("bearer ") else None
         session_id = request.cookies.get(COOKIE)
-        return sessions.session_user(db, session_id) if session_id else None
+        return sessions.session_user(self.db, session_id) if session_id else None
 
-    app = FastAPI(title="semsim annotation", docs_url=None, redoc_url=None, openapi_url=None,
-                  lifespan=lifespan)
-    app.state.db = db
-    app.state.writer = writer
-    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.add_middleware(RequestGuard, authenticate=authenticate)
-    app.add_middleware(SecurityHeaders)
+    def page(self, request: Request, name: str, context: dict, status_code: int = 200) -> Response:
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> Response:
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"error": str(exc)}, status_code=403)
-        return templates.TemplateResponse(request, "message.html",
-                                          {"title": "Not allowed", "message": str(exc)}, status_code=403)
+    def message(self, request: Request, title: str, text: str, status_code: int = 200, **more: object) -> Response:
+        return self.page(request, "message.html", {"title": title, "message": text, **more}, status_code)
 
-    def page(request: Request, name: str, context: dict, status_code: int = 200) -> Response:
-        return templates.TemplateResponse(request, name, context, status_code=status_code)
-
-    def message(request: Request, title: str, text: str, status_code: int = 200, **more: object) -> Response:
-        return page(request, "message.html", {"title": title, "message": text, **more}, status_code)
-
-    def current(request: Request) -> tuple[Row, str] | None:
+    def current(self, request: Request) -> tuple[Row, str] | None:
+        """The live session's annotator and CSRF token (found by the guard on writes), or None."""
         auth = getattr(request.state, "auth", None)
         if auth is not None:
             return auth
         session_id = request.cookies.get(COOKIE)
-        return sessions.session_user(db, session_id) if session_id else None
+        return sessions.session_user(self.db, session_id) if session_id else None
 
-    def user(request: Request) -> tuple[Row, str]:
-        found = current(request)
+    def user(self, request: Request) -> tuple[Row, str]:
+        found = self.current(request)
         if found is None:
             raise Forbidden("Open the personal link you were given to start (sessions end after "
-                            f"{session_hours:g} hours).")
+                            f"{self.session_hours:g} hours).")
         return found
 
+    @staticmethod
     def check_csrf(csrf: str, expected: str) -> None:
         if not hmac.compare_digest(csrf.encode(), expected.encode()):
             raise Forbidden("This form has expired or did not come from this site; reload the page.")
 
-    def admin(request: Request) -> tuple[Row, str]:
-        person, csrf = user(request)
+    def admin(self, request: Request) -> tuple[Row, str]:
+        person, csrf = self.user(request)
         if not person.is_admin:
             raise Forbidden("This page is for the study's administrators.")
         return person, csrf
 
-    def api_user(request: Request) -> Row:
+    def api_user(self, request: Request) -> Row:
         person = getattr(request.state, "auth", None)
         if person is None:
             auth = request.headers.get("authorization", "")
-            person = sessions.annotator_by_token(db, auth[7:]) if auth.lower().startswith("bearer ") else None
+            person = sessions.annotator_by_token(self.db, auth[7:]) if auth.lower().startswith("bearer ") else None
         if person is None:
             raise Forbidden("missing or unknown token; send 'Authorization: Bearer <token>'")
         return person
 
-    def login(request: Request, token: str) -> Response:
-        opened = sessions.open_session(db, token, session_hours)
+    def login(self, request: Request, token: str) -> Response:
+        """Open a session for the link's annotator: cookie set, on to the dashboard, instructions or task."""
+        opened = sessions.open_session(self.db, token, self.session_hours)
         if opened is None:
             raise Forbidden("This link is not valid (or was revoked); ask the organiser for a new one.")
         session_id, _, person = opened
         if person.is_admin:
             target = "/admin"
         else:
-            target = "/instructions" if has_instructions() and store.progress_of(db, person.id).done == 0 \
-                else "/task"
+            first = self.has_instructions() and store.progress_of(self.db, person.id).done == 0
+            target = "/instructions" if first else "/task"
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict",
-                            max_age=int(session_hours * 3600),
-                            secure=secure_cookies or request.url.scheme == "https")
+                            max_age=int(self.session_hours * 3600),
+                            secure=self.secure_cookies or request.url.scheme == "https")
         return response
 
-    def has_instructions() -> bool:
-        with db.read() as s:
+    def has_instructions(self) -> bool:
+        with self.db.read() as s:
             text = s.scalar(select(Project.instructions).limit(1))
             example = s.scalar(select(Item.id).where(Item.example).limit(1))
         return bool(text) or example is not None
 
+
+def create_app(db_url: str | os.PathLike, session_hours: float = sessions.DEFAULT_SESSION_HOURS,
+               secure_cookies: bool = False) -> FastAPI:
+    """The app for one annotation database; sessions last ``session_hours``; ``secure_cookies`` marks the
+    cookie Secure even when the app itself sees plain HTTP (behind a TLS-terminating proxy)."""
+    ctx = _Site(Database(db_url), session_hours, secure_cookies)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        ctx.writer.close()
+        ctx.db.dispose()
+
+    app = FastAPI(title="semsim annotation", docs_url=None, redoc_url=None, openapi_url=None,
+                  lifespan=lifespan)
+    app.state.db = ctx.db
+    app.state.writer = ctx.writer
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.add_middleware(RequestGuard, authenticate=ctx.authenticate)
+    app.add_middleware(SecurityHeaders)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": str(exc)}, status_code=403)
+        return ctx.message(request, "Not allowed", str(exc), 403)
+
+    _session_routes(app, ctx)
+    _task_routes(app, ctx)
+    _admin_routes(app, ctx)
+    return app
+
+
+def _session_routes(app: FastAPI, ctx: _Site) -> None:
+    """Health check, home, logging in by link (with the switch confirmation), logout, instructions."""
+
     @app.get("/healthz")
     def healthz() -> dict:
-        batches = writer.batches
+        batches = ctx.writer.batches
         return {"ok": True, "batch_mean": sum(batches) / len(batches) if batches else None}
 
     @app.get("/", response_class=HTMLResponse)
     def home(request: Request) -> Response:
-        person, _ = user(request)
+        person, _ = ctx.user(request)
         return RedirectResponse("/admin" if person.is_admin else "/task", status_code=303)
 
     @app.get("/start/{token}")
     def start(request: Request, token: str) -> Response:
-        live = current(request)
+        live = ctx.current(request)
         if live is None:
-            return login(request, token)
-        person = sessions.annotator_by_token(db, token)
+            return ctx.login(request, token)
+        person = sessions.annotator_by_token(ctx.db, token)
         if person is None:
             raise Forbidden("This link is not valid (or was revoked); ask the organiser for a new one.")
         if person.id == live[0].id:
             return RedirectResponse("/admin" if person.is_admin else "/task", status_code=303)
-        return page(request, "switch.html", {"person": live[0], "csrf": live[1], "token": token,
+        return ctx.page(request, "switch.html", {"person": live[0], "csrf": live[1], "token": token,
                                              "other": person.name})
 
     @app.post("/start")
     def switch(request: Request, token: str = Form(...), csrf: str = Form(...)) -> Response:
-        _, expected = user(request)
-        check_csrf(csrf, expected)
-        sessions.close_session(db, request.cookies.get(COOKIE, ""))
-        return login(request, token)
+        _, expected = ctx.user(request)
+        ctx.check_csrf(csrf, expected)
+        sessions.close_session(ctx.db, request.cookies.get(COOKIE, ""))
+        return ctx.login(request, token)
 
     @app.post("/logout")
     def logout(request: Request, csrf: str = Form(...)) -> Response:
-        _, expected = user(request)
-        check_csrf(csrf, expected)
-        sessions.close_session(db, request.cookies.get(COOKIE, ""))
-        response = message(request, "Signed out", "You are signed out. Open your personal link to continue.")
+        _, expected = ctx.user(request)
+        ctx.check_csrf(csrf, expected)
+        sessions.close_session(ctx.db, request.cookies.get(COOKIE, ""))
+        response = ctx.message(request, "Signed out", "You are signed out. Open your personal link to continue.")
         response.delete_cookie(COOKIE)
         return response
 
     @app.get("/instructions", response_class=HTMLResponse)
     def instructions(request: Request) -> Response:
-        person, csrf = user(request)
-        with db.read() as s:
+        person, csrf = ctx.user(request)
+        with ctx.db.read() as s:
             text = s.scalar(select(Project.instructions).limit(1)) or ""
             examples = s.execute(select(Item.id, Item.gold_answer).where(Item.example).order_by(Item.id)).all()
-        return page(request, "instructions.html", {
-            "person": person, "csrf": csrf, "info": info, "paragraphs": _paragraphs(text),
-            "examples": [(item_id, info.text(answer)) for item_id, answer in examples]})
+        return ctx.page(request, "instructions.html", {
+            "person": person, "csrf": csrf, "info": ctx.info, "paragraphs": _paragraphs(text),
+            "examples": [(item_id, ctx.info.text(answer)) for item_id, answer in examples]})
+
+
+def _task_routes(app: FastAPI, ctx: _Site) -> None:
+    """The annotator's queue: task page, answers (form and JSON API), undo, images."""
 
     @app.get("/task", response_class=HTMLResponse)
     def task(request: Request) -> Response:
-        person, csrf = user(request)
-        prog = store.progress_of(db, person.id)
+        person, csrf = ctx.user(request)
+        prog = store.progress_of(ctx.db, person.id)
         if prog.item_id is None:
-            return page(request, "done.html", {"person": person, "progress": prog, "csrf": csrf})
-        choices = [*info.choices(), *ACTIONS.items()]
-        return page(request, "task.html", {
-            "person": person, "progress": prog, "item_id": prog.item_id, "info": info, "csrf": csrf,
-            "choices": choices, "submit_id": secrets.token_urlsafe(16), "keys": {v: info.key(v) for v, _ in choices},
-            "has_instructions": has_instructions()})
+            return ctx.page(request, "done.html", {"person": person, "progress": prog, "csrf": csrf})
+        choices = [*ctx.info.choices(), *ACTIONS.items()]
+        return ctx.page(request, "task.html", {
+            "person": person, "progress": prog, "item_id": prog.item_id, "info": ctx.info, "csrf": csrf,
+            "choices": choices, "submit_id": secrets.token_urlsafe(16),
+            "keys": {v: ctx.info.key(v) for v, _ in choices},
+            "has_instructions": ctx.has_instructions()})
 
     @app.post("/answer")
     def answer(request: Request, item_id: int = Form(...), value: int = Form(...), csrf: str = Form(...),
                submit_id: str = Form("")) -> Response:
-        person, expected = user(request)
-        check_csrf(csrf, expected)
+        person, expected = ctx.user(request)
+        ctx.check_csrf(csrf, expected)
         try:
-            writer.submit(person.id, item_id, value, submit_id or None)
+            ctx.writer.submit(person.id, item_id, value, submit_id or None)
         except NotAssigned as exc:
             raise Forbidden(str(exc)) from None
         except SemsimError as exc:
-            return message(request, "Invalid answer", str(exc), 400)
+            return ctx.message(request, "Invalid answer", str(exc), 400)
         return RedirectResponse("/task", status_code=303)
 
     @app.post("/undo")
     def undo(request: Request, csrf: str = Form(...)) -> Response:
-        person, expected = user(request)
-        check_csrf(csrf, expected)
-        store.undo_last(db, person.id)
+        person, expected = ctx.user(request)
+        ctx.check_csrf(csrf, expected)
+        store.undo_last(ctx.db, person.id)
         return RedirectResponse("/task", status_code=303)
 
     @app.get("/img/{item_id}/{kind}")
     def image(request: Request, item_id: int, kind: str) -> Response:
-        person, _ = user(request)
-        if kind not in ("rec", "ori"):
-            raise Forbidden("unknown image kind")
-        if not 1 <= item_id <= store.MAX_ID:
-            raise Forbidden(f"item {item_id}: no such item")
-        with db.read() as s:
-            item = s.get(Item, item_id)
-        if item is None:
-            raise Forbidden(f"item {item_id}: no such item")
-        if not person.is_admin:
-            if kind == "ori" and info.task != "pair":
-                raise Forbidden("originals are not shown in this task")
-            if not item.example and not store.is_assigned(db, person.id, item_id):
-                raise Forbidden(f"item {item_id} is not in your queue")
-        path = item.reconstruction if kind == "rec" else item.original
+        person, _ = ctx.user(request)
         try:
-            png = upscaled_png(path)
+            png = upscaled_png(_image_path(ctx, person, item_id, kind))
         except OSError:
             return Response("image file missing or unreadable", status_code=404, media_type="text/plain")
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/next")
     def api_next(request: Request) -> dict:
-        person = api_user(request)
-        prog = store.progress_of(db, person.id)
+        person = ctx.api_user(request)
+        prog = store.progress_of(ctx.db, person.id)
         return {"item_id": prog.item_id, "done": prog.done, "total": prog.total}
 
     @app.post("/api/answer")
     async def api_answer(request: Request) -> Response:
         # async: the indexed reads are short (WAL readers never wait), the write waits on the group commit
-        person = api_user(request)
+        person = ctx.api_user(request)
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -380,49 +390,70 @@ def create_app(db_url: str | os.PathLike, session_hours: float = sessions.DEFAUL
         if not isinstance(body, dict):
             return JSONResponse({"error": "body: expected a JSON object with item_id and value"}, status_code=400)
         try:
-            future = writer.enqueue(person.id, body.get("item_id"), body.get("value"), body.get("submit_id"))
+            future = ctx.writer.enqueue(person.id, body.get("item_id"), body.get("value"), body.get("submit_id"))
             stored = store.outcome(await asyncio.wrap_future(future))
         except NotAssigned as exc:
             raise Forbidden(str(exc)) from None
         except SemsimError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"stored": stored, "duplicate": not stored, "item_id": body["item_id"],
-                             "next_item_id": store.next_item(db, person.id)})
+                             "next_item_id": store.next_item(ctx.db, person.id)})
+
+
+def _image_path(ctx: _Site, person: Row, item_id: int, kind: str) -> str:
+    """The file of an item's reconstruction (``rec``) or original (``ori``) if ``person`` may see it: an admin,
+    or an annotator with the item in their queue (originals only in the pair task), or any example."""
+    if kind not in ("rec", "ori"):
+        raise Forbidden("unknown image kind")
+    if not 1 <= item_id <= store.MAX_ID:
+        raise Forbidden(f"item {item_id}: no such item")
+    with ctx.db.read() as s:
+        item = s.get(Item, item_id)
+    if item is None:
+        raise Forbidden(f"item {item_id}: no such item")
+    if not person.is_admin:
+        if kind == "ori" and ctx.info.task != "pair":
+            raise Forbidden("originals are not shown in this task")
+        if not item.example and not store.is_assigned(ctx.db, person.id, item_id):
+            raise Forbidden(f"item {item_id} is not in your queue")
+    return item.reconstruction if kind == "rec" else item.original
+
+
+def _admin_routes(app: FastAPI, ctx: _Site) -> None:
+    """The dashboard, new annotators, downloads."""
 
     @app.get("/admin", response_class=HTMLResponse)
     def dashboard(request: Request) -> Response:
-        person, csrf = admin(request)
-        return page(request, "admin.html", {"person": person, "csrf": csrf, "d": dashboard_data(db)})
+        person, csrf = ctx.admin(request)
+        return ctx.page(request, "admin.html", {"person": person, "csrf": csrf, "d": dashboard_data(ctx.db)})
 
     @app.post("/admin/annotators", response_class=HTMLResponse)
     def new_annotator(request: Request, name: str = Form(...), csrf: str = Form(...),
                       is_admin: str = Form("")) -> Response:
-        _, expected = admin(request)
-        check_csrf(csrf, expected)
+        _, expected = ctx.admin(request)
+        ctx.check_csrf(csrf, expected)
         try:
-            token = add_annotator(db, name, admin=bool(is_admin))
+            token = add_annotator(ctx.db, name, admin=bool(is_admin))
         except SemsimError as exc:
-            return message(request, "Not created", str(exc), 400)
+            return ctx.message(request, "Not created", str(exc), 400)
         link = str(request.base_url).rstrip("/") + f"/start/{token}"
-        return message(request, f"Annotator {name} created", "Send this personal link (shown only now):",
+        return ctx.message(request, f"Annotator {name} created", "Send this personal link (shown only now):",
                        link=link, back="/admin")
 
     @app.get("/admin/export/{name}")
     def export_file(request: Request, name: str) -> Response:
-        admin(request)
+        ctx.admin(request)
         kinds = {"labels.csv": "labels", "labels.parquet": "labels", "labelstudio.json": "labelstudio",
                  "semsim_folders.zip": "zip"}
         if name not in kinds:
             raise Forbidden(f"unknown export {name!r}")
         tmp = Path(tempfile.mkdtemp(prefix="semsim-export-"))
         try:
-            path = zip_folders(db, tmp / name) if kinds[name] == "zip" else export(db, tmp / name, kinds[name])
+            path = zip_folders(ctx.db, tmp / name) if kinds[name] == "zip" else export(ctx.db, tmp / name, kinds[name])
         except SemsimError as exc:
             _cleanup(tmp)
-            return message(request, "Nothing to export", str(exc), 409, back="/admin")
+            return ctx.message(request, "Nothing to export", str(exc), 409, back="/admin")
         return FileResponse(path, filename=name, background=BackgroundTask(_cleanup, tmp))
-
-    return app
 
 
 def _cleanup(folder: Path) -> None:
