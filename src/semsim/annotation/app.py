@@ -484,15 +484,16 @@ def serve(db_url: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, 
            "json.loads(sys.argv[3]), int(sys.argv[4]))"
     children = [subprocess.Popen([sys.executable, "-c", code, str(db_url), str(sock.fileno()), json.dumps(options),
                                   str(os.getpid())], pass_fds=(sock.fileno(),)) for _ in range(workers)]
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl+C, or a service manager stopping the server
+        signal.signal(sig, lambda *_: stop.set())
     try:
-        while all(child.poll() is None for child in children):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5) and all(child.poll() is None for child in children):
+            pass
     finally:
         for child in children:
             if child.poll() is None:
-                child.send_signal(signal.SIGINT)
+                child.send_signal(signal.SIGTERM)
         for child in children:
             try:
                 child.wait(timeout=30)
