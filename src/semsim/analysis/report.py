@@ -326,6 +326,8 @@ def render_html(data: AnalysisData, report: AnalysisReport, inputs: dict, *, n_b
         html_table(tb["set_level"]),
         "<p>Across sets: correlations with p-values (scipy), Holm-adjusted p-values over the whole table, and "
         "95% intervals from the bootstrap over sets.</p>", html_table(tb["set_correlations"]),
+        "<p>Scatter: each metric's set means against the recognition rate (points numbered as above), least "
+        "squares line, its 95% band (dashed); &rho; = Spearman, &tau; = Kendall.</p>",
         html_image(fg["scatter"], "set means against recognition rate"),
         "<h2>Image level</h2><p>AUROC of each metric for the majority label (0.5 = chance), 95% interval from "
         "the bootstrap over originals, and Spearman's rho with the number of judges who recognized.</p>",
