@@ -130,6 +130,10 @@ def test_image_level_matches_sklearn_and_scipy(data) -> None:
     sub = t[t["set"] == "set2"]
     got = by_set[(by_set["set"] == "set2") & (by_set["metric"] == "psnr")].iloc[0]
     assert got["auroc"] == pytest.approx(roc_auc_score(sub["recognized"] > 0.5, sub["psnr"]))
+    count_sub = np.round(sub["recognized"] * sub["n_judges"])
+    ref = stats.spearmanr(sub["psnr"], count_sub)
+    assert got["spearman_n_recognized"] == pytest.approx(ref[0]) and got["spearman_p"] == pytest.approx(ref[1])
+    assert row.loc["mse", "spearman_p"] == pytest.approx(stats.spearmanr(-t["mse"], count)[1])
     assert len(by_set) == 6 * 3
 
 

@@ -180,6 +180,26 @@ def auroc_replicates(data: AnalysisData, n_boot: int, seed: int) -> tuple[np.nda
     return out, unit
 
 
+def rank_agreement(scores: np.ndarray, positive: np.ndarray, count: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each column of ``scores`` (n, M): AUROC for ``positive`` (Mann-Whitney with average ranks) and
+    Spearman's rho with ``count`` and its two-sided p (t-distribution with n - 2 degrees of freedom, as
+    :func:`scipy.stats.spearmanr`); NaN where a class is missing or a column is constant."""
+    ranks = stats.rankdata(scores, axis=0)
+    n = len(scores)
+    n1 = int(positive.sum())
+    n0 = n - n1
+    auc = np.full(ranks.shape[1], np.nan)
+    if n1 and n0:
+        auc = (ranks[positive].sum(0) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = pearson_rows(ranks.T, np.broadcast_to(stats.rankdata(count), (ranks.shape[1], n)))
+        dof = n - 2
+        t = rho * np.sqrt(np.clip(dof / ((rho + 1.0) * (1.0 - rho)), 0, None))
+    p = 2 * stats.t.sf(np.abs(t), dof) if dof > 0 else np.full_like(rho, np.nan)
+    return auc, rho, np.where(np.isfinite(rho), p, np.nan)
+
+
 def image_level(data: AnalysisData, n_boot: int = 1000, seed: int = 0,
                 replicates: tuple[np.ndarray, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per metric: AUROC of the aligned value against the majority label with a 95% interval from the
@@ -194,21 +214,20 @@ def image_level(data: AnalysisData, n_boot: int = 1000, seed: int = 0,
     names, groups = set_groups(t)
     if replicates is None and n_boot:
         replicates = auroc_replicates(data, n_boot, seed)
-    overall, by_set = [], []
-    for k, m in enumerate(data.metrics):
-        s = aligned(t[m].to_numpy(), data.directions[m])
-        rho = stats.spearmanr(s, count) if np.ptp(count) > 0 else (np.nan, np.nan)
-        lo, hi = percentile_interval(replicates[0][:, k]) if replicates else (float("nan"),) * 2
-        overall.append({"metric": m, "higher_is_more_leakage": data.directions[m], "n": len(t),
-                        "auroc": auroc(s, pos), "auroc_ci_low": lo, "auroc_ci_high": hi,
-                        "ci_resamples": describe(replicates[1], n_boot) if replicates else describe("", 0),
-                        "spearman_n_recognized": float(rho[0]), "spearman_p": float(rho[1])})
-        for name, g in zip(names, groups, strict=True):
-            varies = np.ptp(count[g]) > 0 and np.ptp(s[g]) > 0
-            r = stats.spearmanr(s[g], count[g]) if varies else (np.nan,) * 2
-            by_set.append({"set": name, "metric": m, "n": len(g), "recognition_rate": pos[g].mean(),
-                           "auroc": auroc(s[g], pos[g]), "spearman_n_recognized": float(r[0]),
-                           "spearman_p": float(r[1])})
-    out = pd.DataFrame(overall)
-    out["spearman_p_holm"] = holm(out["spearman_p"].to_numpy())
-    return out, pd.DataFrame(by_set)
+    scores = np.stack([aligned(t[m].to_numpy(), data.directions[m]) for m in data.metrics], axis=1)
+    auc, rho, p = rank_agreement(scores, pos, count)
+    overall = pd.DataFrame({"metric": data.metrics, "n": len(t), "auroc": auc})
+    overall.insert(1, "higher_is_more_leakage", [data.directions[m] for m in data.metrics])
+    ci = [percentile_interval(replicates[0][:, k]) if replicates else (np.nan, np.nan) for k in range(len(auc))]
+    overall["auroc_ci_low"], overall["auroc_ci_high"] = [c[0] for c in ci], [c[1] for c in ci]
+    overall["ci_resamples"] = describe(replicates[1], n_boot) if replicates else describe("", 0)
+    overall["spearman_n_recognized"], overall["spearman_p"] = rho, p
+    overall["spearman_p_holm"] = holm(p)
+    parts = []
+    for name, g in zip(names, groups, strict=True):
+        a, r, pr = rank_agreement(scores[g], pos[g], count[g])
+        parts.append(pd.DataFrame({"set": name, "metric": data.metrics, "n": len(g),
+                                   "recognition_rate": pos[g].mean(), "auroc": a, "spearman_n_recognized": r,
+                                   "spearman_p": pr, "order": np.arange(len(a))}))
+    by_set = pd.concat(parts, ignore_index=True).sort_values(["order", "set"], kind="stable")
+    return overall, by_set.drop(columns="order").reset_index(drop=True)
