@@ -80,17 +80,19 @@ def _set_rows(per_set: pd.DataFrame, metrics: list[str], directions: dict[str, b
     x = aligned_set_means(per_set, metrics, directions)
     rate = per_set["recognition_rate"].to_numpy(dtype=float)
     n = len(rate)
-    rho = [float(stats.spearmanr(x[:, k], rate)[0]) if np.ptp(x[:, k]) > 0 else float("nan")
-           for k in range(len(metrics))]
+    ranks = stats.rankdata(np.column_stack([x, rate]), axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        spearman = np.corrcoef(ranks.T)  # Pearson of average ranks: every Spearman rho at once (NaN: constant)
+    rho = spearman[-1, :-1]
     rows = []
     for a, b in itertools.combinations(range(len(metrics)), 2):
-        r_ab = float(stats.spearmanr(x[:, a], x[:, b])[0]) if np.ptp(x[:, a]) * np.ptp(x[:, b]) > 0 else np.nan
-        t, p = williams_t(rho[a], rho[b], r_ab, n)
+        r_ab = spearman[a, b]
+        t, p = williams_t(float(rho[a]), float(rho[b]), float(r_ab), n)
         diff = replicates[:, a] - replicates[:, b] if replicates is not None else np.array([])
         lo, hi = percentile_interval(diff)
         rows.append({"level": "set", "statistic": "spearman", "a": metrics[a], "b": metrics[b],
-                     "value_a": rho[a], "value_b": rho[b], "difference": rho[a] - rho[b], "ci_low": lo,
-                     "ci_high": hi, "ci_resamples": describe(RESAMPLES_SETS, n_boot if len(diff) else 0),
+                     "value_a": float(rho[a]), "value_b": float(rho[b]), "difference": float(rho[a] - rho[b]),
+                     "ci_low": lo, "ci_high": hi, "ci_resamples": describe(RESAMPLES_SETS, n_boot if len(diff) else 0),
                      "test": "Williams t", "test_statistic": t, "p": p, "p_bootstrap": bootstrap_p(diff)})
     return rows
 
