@@ -60,8 +60,10 @@ def test_import_matches_the_raw_table(raw, data) -> None:
     np.testing.assert_array_equal(judges == 1, ann == raw["fine_label"].to_numpy()[:, None])
     np.testing.assert_array_equal(judges == -1, ann == -1)
     # training-time defenses and "aug" without a policy (no augmentation) filed as semsim names them
-    assert set(t["set"]) >= {"cifar100/resnet20-4/crop+train-noise-1e-3/none/invgrad-8000",
-                             "cifar100/convnet/none/none/invgrad-8000", "cifar100/convnet/ats-3-1-7/none/invgrad-8000"}
+    # (the attacked image is the client's training transform of the test image: client-<augmentation>)
+    assert set(t["set"]) >= {"cifar100/resnet20-4/crop+train-noise-1e-3/client-crop/invgrad-8000",
+                             "cifar100/convnet/none/none/invgrad-8000",
+                             "cifar100/convnet/ats-3-1-7/client-ats-3-1-7/invgrad-8000"}
     assert (t[[f"judge_{k}_class" for k in range(1, 6)]].to_numpy() == ann).all()  # the chosen classes
 
 
@@ -292,7 +294,8 @@ def test_clip_predictions_join_as_model_recognition(full) -> None:
     assert row["agrees_with_majority"] == pytest.approx(agree) == pytest.approx(0.556, abs=5e-4)
     assert len(mr) == 8 and "mr_clip_vitl_14" in full.metrics and "clean_mr_clip_vitl_14_correct" not in full.metrics
     signed = np.where(vit["rec_pred"] == truth, 1, -1) * vit["rec_conf"]
-    key = vit["config"].map(_set_name) + "/" + vit["cifar100_test_idx_1based"].astype(str)
+    ids = (vit["cifar100_test_idx_1based"] - 1).astype(str) + "_" + vit["fine_label"].astype(str)  # 0-based
+    key = vit["config"].map(_set_name) + "/" + ids
     mine = full.table.assign(key=full.table["set"] + "/" + full.table["image_id"]).set_index("key")
     np.testing.assert_allclose(mine.loc[key, "mr_clip_vitl_14"], signed)
     assert (full.table[[f"judge_{k}_class" for k in range(1, 6)]].to_numpy()

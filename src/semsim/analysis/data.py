@@ -18,7 +18,7 @@ import pandas as pd
 
 from semsim.common.io import read_table
 from semsim.data.labels import LABEL_COLUMNS, validate_labels
-from semsim.data.set_names import attack_set_name, gradient_part, training_part
+from semsim.data.set_names import attack_set_name, gradient_part, image_id, training_part
 from semsim.errors import SemsimError
 from semsim.metrics.registry import column_direction
 
@@ -295,12 +295,16 @@ SEMSIM_CIFAR100_ITERATIONS = 8000  # Inverting Gradients' budget in the SemSim c
 
 def _set_name(config: str) -> str:
     """The set name semsim gives the same threat model (:mod:`semsim.data.set_names`), e.g.
-    ``ResNet20-4_200_inversed_aug_auglist_3-1-7_rlabel_False`` -> ``cifar100/resnet20-4/ats-3-1-7/none/invgrad-8000``
-    and ``..._crop_auglist__rlabel_False_defense_prune_70`` -> ``cifar100/convnet/crop+train-prune-70/none/...``.
+    ``ResNet20-4_200_inversed_aug_auglist_3-1-7_rlabel_False`` ->
+    ``cifar100/resnet20-4/ats-3-1-7/client-ats-3-1-7/invgrad-8000`` and
+    ``..._crop_auglist__rlabel_False_defense_prune_70`` -> ``cifar100/convnet/crop+train-prune-70/client-crop/...``.
 
     In the SemSim/ATSPrivacy code ``aug`` without a policy list trains with no augmentation at all, ``aug``
     with a list applies crop + flip + the ATS policies (semsim's ``ats:``), and the defenses act on the
-    training gradients (the attacked gradient is clean). Unknown patterns are kept as they are.
+    training gradients (the attacked gradient is clean). The attack script (``benchmark/step2_attack.py``,
+    ``preprocess(valid=True)``) transforms the attacked image with the same training transform, hence the
+    ``client-<augmentation>`` gradient part (``semsim attack --client-augment train``). Unknown patterns are kept
+    as they are.
     """
     m = _CONFIG_RE.match(config)
     if m is None:
@@ -308,8 +312,8 @@ def _set_name(config: str) -> str:
     augment = ("ats-" + m["ats"] if m["ats"] else "none") if m["aug"] == "aug" else "crop"
     defense = "none" if m["defense"] is None else (
         f"noise-{m['strength']}" if m["defense"] == "gaussian" else f"prune-{m['strength']}")
-    return attack_set_name("cifar100", m["arch"].lower(), training_part(augment, defense), gradient_part("none"),
-                           "invgrad", SEMSIM_CIFAR100_ITERATIONS)
+    return attack_set_name("cifar100", m["arch"].lower(), training_part(augment, defense),
+                           gradient_part("none", client_augment=augment), "invgrad", SEMSIM_CIFAR100_ITERATIONS)
 
 
 def import_semsim_cifar100(path: str | os.PathLike, vlm: str | os.PathLike | None = None, *,
@@ -317,11 +321,13 @@ def import_semsim_cifar100(path: str | os.PathLike, vlm: str | os.PathLike | Non
     """Turn the SemSim authors' CIFAR-100 human-label table into a (score table, label table) pair.
 
     The table (shared/data/cifar100_human_labels/labels.csv) has one row per reconstruction: the victim
-    ``config``, the 1-based CIFAR-100 test index (the image id), the true ``fine_label``, the class each of
+    ``config``, the 1-based CIFAR-100 test index, the true ``fine_label``, the class each of
     five annotators chose (``ann1..5``, -1 = can't tell), ``n_correct`` and six metric values. Judges become
     ``judge_1..5`` = 1 (chose the true class), 0 (another class) or -1 (can't tell), with the chosen class
     itself in ``judge_<k>_class``. ``vlm``: the CLIP predictions table of the same folder, added as
-    model-based recognition columns (:func:`vlm_recognition`).
+    model-based recognition columns (:func:`vlm_recognition`). Set names and image ids are those
+    ``semsim attack`` / the study grid (examples/semsim_cifar100.yaml) write for the same attack and image
+    (``image_id(index - 1, fine_label)``, e.g. 1-based image 781 of class 12 -> ``780_12``), so the tables join.
     """
     path = Path(path)
     ann = [f"ann{k}" for k in range(1, 6)]
@@ -338,7 +344,9 @@ def import_semsim_cifar100(path: str | os.PathLike, vlm: str | os.PathLike | Non
                           f"{int(correct[i].sum())} annotators chose the true class; the file is "
                           "inconsistent")
     sets = raw["config"].astype(str).map(_set_name)
-    ids = raw["cifar100_test_idx_1based"].astype(int).astype(str)
+    # the id semsim's attacks give the same image: the 0-based test index and the class (docs/contracts.md)
+    ids = pd.Series([image_id(i - 1, c) for i, c in zip(raw["cifar100_test_idx_1based"].astype(int), truth,
+                                                        strict=True)], index=raw.index)
     scores = pd.DataFrame({"set": sets, "image_id": ids})
     for col in SEMSIM_CIFAR100_DIRECTIONS:
         scores[col] = raw[col].astype(float)

@@ -5,11 +5,18 @@ Output (docs/contracts.md, section 1): ``{id}_{label}_ori.png`` / ``{id}_{label}
 ``attack.json`` with the run's settings. Images whose optimisation hit NaN get a manifest row with
 ``status = failed: nan`` and no image files; the run goes on.
 
-Determinism and resume: each image's randomness (defense noise, random start) comes from generators seeded by
-``(seed, dataset index)``, and images are attacked in fixed chunks of ``batch_size`` consecutive images of the
-requested list. The manifest is rewritten after every chunk, so a killed run started again skips finished
-images, recomputes only unfinished chunks (with the same companions), and ends with the same files as an
-uninterrupted run (on the same device; the ``seconds`` column is a timing and differs).
+Client transform (``client_augment``): ATSPrivacy's and SemSim's attack scripts transform the client's image
+with the victim's training transform (random crop + flip, ATS policy) before computing its gradient, and compare
+the reconstruction with that transformed image. With ``client_augment`` (an augmentation spec, or ``train`` for
+the victim's own) the same happens here: ``{id}_ori.png`` / ``original`` is the transformed image, the dataset's
+image is kept as ``{id}_untransformed.png`` (column ``untransformed``), ``client_seed`` records the seed of the
+image's transform and the set name says ``client-<augmentation>`` (:mod:`semsim.data.set_names`).
+
+Determinism and resume: each image's randomness (client transform, defense noise, random start) comes from
+generators seeded by ``(seed, dataset index)``, and images are attacked in fixed chunks of ``batch_size``
+consecutive images of the requested list. The manifest is rewritten after every chunk, so a killed run started
+again skips finished images, recomputes only unfinished chunks (with the same companions), and ends with the same
+files as an uninterrupted run (on the same device; the ``seconds`` column is a timing and differs).
 """
 
 from __future__ import annotations
@@ -34,16 +41,17 @@ from semsim.common.io import write_json
 from semsim.common.progress import progress
 from semsim.data.datasets import ImageDataset, subset
 from semsim.data.images import save_image
-from semsim.data.set_names import attack_set_name, gradient_part, training_part
+from semsim.data.set_names import attack_set_name, gradient_part, image_id, training_part
 from semsim.data.sets import read_manifest, write_manifest
 from semsim.errors import SemsimError
 from semsim.victims import check_inputs, load_classifier
-from semsim.victims.augment import parse_augment
+from semsim.victims.augment import Augmentation, parse_augment
 from semsim.victims.defenses import parse_defense
 
 MANIFEST = "manifest.csv"
 SETTINGS = "attack.json"
-UNRECORDED = {"engine": "eager"}  # settings that runs of earlier versions did not record, as they ran
+# settings that runs of earlier versions did not record, as they ran
+UNRECORDED = {"engine": "eager", "client_augment": "none"}
 
 
 def image_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -52,17 +60,40 @@ def image_seeds(seed: int, index: int) -> tuple[int, int]:
     return int(init >> np.uint64(1)), int(noise >> np.uint64(1))
 
 
-def set_name(config: dict[str, Any], data: ImageDataset, defense: str, attack: str, iterations: int) -> str:
+def client_seed(seed: int, index: int) -> int:
+    """Seed of one image's client transform: the third word of the stream :func:`image_seeds` starts."""
+    word = np.random.SeedSequence([int(seed), int(index)]).generate_state(3, dtype=np.uint64)[2]
+    return int(word >> np.uint64(1))
+
+
+def client_augmentation(spec: str | None, config: dict[str, Any]) -> Augmentation:
+    """The client's transform: an augmentation spec (``none``, ``crop``, ``ats:3-1-7``), or ``train`` for the
+    augmentation the victim was trained with (from its checkpoint), as ATSPrivacy's and SemSim's attacks do."""
+    if str(spec or "none").strip().lower() == "train":
+        training = config.get("training") or {}
+        spec = training.get("augment") or config.get("augment") or "none"
+    return parse_augment(spec)
+
+
+def client_transform(images: torch.Tensor, aug: Augmentation, seeds: Sequence[int]) -> torch.Tensor:
+    """Apply ``aug`` to each image (CPU, NCHW) with a generator seeded by its own seed, so an image's transform
+    does not depend on its companions in a chunk."""
+    return torch.cat([aug(images[k:k + 1], torch.Generator().manual_seed(int(s))) for k, s in enumerate(seeds)])
+
+
+def set_name(config: dict[str, Any], data: ImageDataset, defense: str, attack: str, iterations: int,
+             client_augment: str = "none") -> str:
     """``dataset/architecture/training/gradient/attack-iterations`` (:mod:`semsim.data.set_names`), e.g.
     ``cifar10/resnet20-4/crop+train-prune-70/grad-noise-1e-3/invgrad-8000``. Dataset, augmentation and
-    training-time defense come from the checkpoint; ``defense`` is the one on the observed gradient."""
+    training-time defense come from the checkpoint; ``defense`` is the one on the observed gradient and
+    ``client_augment`` the client's transform of its image (``Augmentation.label``)."""
     training = config.get("training") or {}
     dataset = training.get("dataset") or config.get("dataset") or data.name
     dataset = Path(str(dataset).rstrip("/")).name or str(dataset)
     augment = parse_augment(training.get("augment") or config.get("augment") or "none").label
     train_defense = parse_defense(training.get("defense") or config.get("defense") or "none").name
     return attack_set_name(dataset, config["architecture"], training_part(augment, train_defense),
-                           gradient_part(parse_defense(defense).name), attack, iterations)
+                           gradient_part(parse_defense(defense).name, client_augment), attack, iterations)
 
 
 @contextlib.contextmanager
@@ -114,7 +145,7 @@ def _finished(out: Path, settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
                               "resume with the same settings or choose another --out folder")
     rows = {}
     for row in read_manifest(manifest_path).to_dict("records"):
-        files = [row.get("original"), row.get("reconstruction")]
+        files = [row.get(c) for c in ("original", "reconstruction", "untransformed") if c in row]
         failed = str(row.get("status", "ok")).startswith("failed")
         if failed or all(isinstance(p, str) and Path(p).is_file() for p in files):
             rows[str(row["image_id"])] = row
@@ -125,13 +156,14 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
                n: int | None = None, indices: Sequence[int] | None = None, seed: int = 0,
                defense: str = "none", iterations: int | None = None, batch_size: int = 8,
                device: str | torch.device = "cpu", engine: EngineOptions | str | None = None,
-               show_progress: bool = True, **attack_kwargs: Any) -> pd.DataFrame:
+               client_augment: str = "none", show_progress: bool = True, **attack_kwargs: Any) -> pd.DataFrame:
     """Attack ``n`` images (a seeded subset) or the images at ``indices`` of ``data`` (all by default).
 
     Each image's gradient comes from the victim (eval-mode BatchNorm unless ``model_mode="train"``), passes
     through ``defense`` and is inverted by ``attack`` (``dlg``, ``idlg``, ``invgrad``, ``gradinversion``;
     ``iterations`` and ``attack_kwargs`` override its settings). ``batch_size`` images are solved in one
-    batched optimisation; ``engine`` says how the loop runs (an :class:`EngineOptions` or its text form, e.g.
+    batched optimisation; ``client_augment`` transforms each image before its gradient (module docstring);
+    ``engine`` says how the loop runs (an :class:`EngineOptions` or its text form, e.g.
     ``"tf32+channels-last+compile"``; recorded in the settings, so a resumed run uses the same). Returns the
     manifest (absolute paths); resumable, see the module docstring.
     """
@@ -146,8 +178,10 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
     engine = EngineOptions.parse(engine) if isinstance(engine, str) else (engine or EngineOptions())
     atk = create_attack(attack, engine=engine, iterations=iterations, **attack_kwargs)
     dfn = parse_defense(defense)
-    name = set_name(config, data, dfn.name, atk.name, atk.config.iterations)
+    client = client_augmentation(client_augment, config)
+    name = set_name(config, data, dfn.name, atk.name, atk.config.iterations, client.label)
     settings = {"set": name, "victim": str(Path(victim).resolve()), "dataset": data.name, "defense": dfn.name,
+                "client_augment": client.spec,
                 "attack": dataclasses.asdict(atk.config), "seed": int(seed), "batch_size": int(batch_size),
                 "indices": chosen, "engine": engine.label, "semsim_version": semsim.__version__}
     done = _finished(out, settings)
@@ -155,7 +189,7 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
     write_json(settings, out / SETTINGS)
 
     labels = data.labels
-    ids = [f"{i}_{int(labels[i])}" for i in chosen]
+    ids = [image_id(i, int(labels[i])) for i in chosen]
     chunks = [list(range(s, min(s + batch_size, len(chosen)))) for s in range(0, len(chosen), batch_size)]
     bar = progress(total=len(chosen), initial=sum(i in done for i in ids), desc=name, unit="img",
                    enabled=show_progress)
@@ -165,7 +199,9 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
                 continue
             idx = [chosen[p] for p in chunk]
             seeds = [image_seeds(seed, i) for i in idx]
-            x = data.floats(idx).to(device)
+            clean = data.floats(idx)
+            client_seeds = [client_seed(seed, i) for i in idx]
+            x = (clean if client.kind == "none" else client_transform(clean, client, client_seeds)).to(device)
             y = labels[idx].to(device)
             noise_gens = [torch.Generator().manual_seed(s[1]) for s in seeds]
             observed = client_gradients(model, x, y, dfn, noise_gens, mode=atk.config.model_mode)
@@ -177,9 +213,13 @@ def attack_set(victim: str | os.PathLike, data: ImageDataset, attack: str, out: 
                 record = result.records[k]
                 row = {"set": name, "image_id": ids[p], "original": None, "reconstruction": None,
                        "label": int(labels[idx[k]]), "index": idx[k], "defense": dfn.name, **record}
+                if client.kind != "none":
+                    row.update(client_augment=client.spec, client_seed=client_seeds[k], untransformed=None)
                 if record["status"] == "ok":
                     row["original"] = str(save_image(x[k].cpu(), out / f"{ids[p]}_ori.png"))
                     row["reconstruction"] = str(save_image(result.images[k], out / f"{ids[p]}_rec.png"))
+                    if client.kind != "none":
+                        row["untransformed"] = str(save_image(clean[k], out / f"{ids[p]}_untransformed.png"))
                 done[ids[p]] = row
                 bar.update(1)
             _write(done, ids, out)

@@ -23,6 +23,10 @@ def attack(
     = None,
     defense: Annotated[str, typer.Option(help="defense on the observed gradient: none, noise-1e-3, prune-70")]
     = "none",
+    client_augment: Annotated[str, typer.Option(
+        help="the client transforms its image before the gradient: none, crop, ats:3-1-7, or train (the "
+             "victim's training augmentation, as ATSPrivacy's and SemSim's attacks do); seeded per image")]
+    = "none",
     iterations: Annotated[int | None, typer.Option(min=1, help="optimisation steps (default: the paper's)")]
     = None,
     restarts: Annotated[int | None, typer.Option(min=1, help="random restarts per image")] = None,
@@ -52,7 +56,7 @@ def attack(
                if v is not None}
     manifest = attack_set(victim, dataset, attack, out, n=n, seed=seed, defense=defense,
                           iterations=iterations, batch_size=batch_size, device=device, engine=engine_options,
-                          show_progress=not quiet, **options)
+                          client_augment=client_augment, show_progress=not quiet, **options)
     ok = manifest["status"].eq("ok")
     typer.echo(f"{manifest['set'].iloc[0]}: {int(ok.sum())} reconstructed, {int((~ok).sum())} failed; "
                f"wrote {out / 'manifest.csv'}")

@@ -31,6 +31,9 @@ from semsim.data.images import IMAGE_SUFFIXES, image_size
 from semsim.errors import SemsimError
 
 MANIFEST_COLUMNS = ("set", "image_id", "original", "reconstruction")
+#: columns holding image paths (relative to the manifest's folder in the file); ``untransformed``: the dataset's
+#: image when the client transformed it before its gradient (``original`` is then the transformed image)
+PATH_COLUMNS = ("original", "reconstruction", "untransformed")
 MANIFEST_NAME = "manifest.csv"  # a set folder's own manifest (written by semsim attack and grid merges)
 SIDE_FILE_SUFFIXES = TABLE_SUFFIXES + (".json", ".yaml", ".yml", ".md", ".txt", ".log", ".tmp")
 SEMSIM_NAME = re.compile(r"^(?P<idx>-?\d+)_(?P<label>-?\d+)_(?P<kind>ori|rec)$")
@@ -214,10 +217,10 @@ def rename_set(manifest: pd.DataFrame, set_name: str | None, source: str | os.Pa
 
 
 def resolve_paths(df: pd.DataFrame, base: str | os.PathLike) -> pd.DataFrame:
-    """Make relative ``original``/``reconstruction`` paths absolute against ``base`` (the manifest's folder)."""
+    """Make relative paths (:data:`PATH_COLUMNS`) absolute against ``base`` (the manifest's folder)."""
     base = Path(base).resolve()
     out = df.copy()
-    for col in ("original", "reconstruction"):
+    for col in PATH_COLUMNS:
         if col in out:
             out[col] = out[col].map(lambda p: p if pd.isna(p) else str((base / str(p)) if not os.path.isabs(p) else p))
     return out
@@ -271,7 +274,7 @@ def write_manifest(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     base = path.parent.resolve()
     out = df.copy()
-    for col in ("original", "reconstruction"):
+    for col in PATH_COLUMNS:
         if col in out:
             out[col] = out[col].map(lambda p: p if pd.isna(p) else _relative(Path(p), base))
     return write_table(out, path)

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from semsim.errors import SemsimError
-from semsim.grid.spec import GridSpec
+from semsim.grid.spec import AttackSpec, GridSpec, VictimSpec
 
 DONE_FILE = "DONE.json"
 PLAN_FILE = "grid-plan.json"
@@ -201,8 +201,22 @@ def default_iterations(attack: str) -> int:
     return int(ATTACK_DEFAULTS[attack.lower()]["iterations"])
 
 
+def _client_augment(attack: AttackSpec, victim: VictimSpec) -> str:
+    """The client's transform for ``victim``: the attack's spec, or with ``train`` the victim's training
+    augmentation (known only for victims the grid trains)."""
+    from semsim.victims.augment import parse_augment
+
+    if attack.client_augment != "train":
+        return attack.client_augment
+    if victim.train is None:
+        raise SemsimError(f"attack {attack.name}: client_augment: train needs victims the grid trains; victim "
+                          f"'{victim.name}' is a checkpoint: name the augmentation (e.g. client_augment: crop)")
+    return parse_augment(victim.train.get("augment")).spec
+
+
 def _attack_tasks(spec: GridSpec, root: Path) -> list[Task]:
     from semsim.data.set_names import gradient_part
+    from semsim.victims.augment import parse_augment
     from semsim.victims.defenses import parse_defense
 
     indices = _dataset_indices(spec)
@@ -220,7 +234,8 @@ def _attack_tasks(spec: GridSpec, root: Path) -> list[Task]:
             for iters in attack.iterations:
                 iters_name = iters or default_iterations(attack.name)
                 # set name: dataset/<victim name: architecture/training>/<gradient defense>/attack-iterations
-                grad = gradient_part(parse_defense(defense).name)
+                client = _client_augment(attack, victim)
+                grad = gradient_part(parse_defense(defense).name, parse_augment(client).label)
                 name = f"{ds.name}/{victim.name}/{grad}/{attack.name}-{iters_name}"
                 folder = root / "shards" / safe_path(name)
                 shards = []
@@ -229,7 +244,8 @@ def _attack_tasks(spec: GridSpec, root: Path) -> list[Task]:
                               **({"split": ds.split} if ds.split else {}),
                               "attack": attack.name, "iterations": iters, "defense": defense,
                               "seed": spec.seed, "indices": idx, "batch_size": spec.attack_batch_size,
-                              "options": attack.options}
+                              "options": attack.options,
+                              **({"client_augment": client} if client != "none" else {})}
                     shards.append(Task(f"attack:{name}#{k:04d}", "attack", name, k,
                                        str(folder / f"attack-{k:04d}"), params=params, deps=deps,
                                        n_images=len(idx), device=spec.device))

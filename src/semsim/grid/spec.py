@@ -14,6 +14,9 @@ Attack grid::
     defenses: [none, noise-1e-3]
     attacks:
       - {name: invgrad, iterations: [1000, 8000], options: {lr: 0.1}}
+      # client_augment: the client transforms its image before the gradient (an augmentation spec, or
+      # `train`: each trained victim's training augmentation, as ATSPrivacy's and SemSim's attack scripts do)
+      - {name: invgrad, client_augment: crop}
     images: {n: 64, shard_size: 8, seed: 0}
     score: {metrics: [psnr, ssim]}
 
@@ -75,11 +78,13 @@ class VictimSpec:
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """An attack by registry name, its iteration budgets (``None``: the attack's default) and options."""
+    """An attack by registry name, its iteration budgets (``None``: the attack's default) and options;
+    ``client_augment``: the client's transform of its image (``none``, ``crop``, ``ats:...`` or ``train``)."""
 
     name: str
     iterations: tuple[int | None, ...] = (None,)
     options: dict[str, Any] = field(default_factory=dict)
+    client_augment: str = "none"
 
 
 @dataclass(frozen=True)
@@ -265,7 +270,7 @@ def _attacks(raw: Any, where: str) -> tuple[AttackSpec, ...]:
         w = f"{where}[{i}]"
         if isinstance(entry, str):
             entry = {"name": entry}
-        entry = _mapping(entry, w, {"name", "iterations", "options"})
+        entry = _mapping(entry, w, {"name", "iterations", "options", "client_augment"})
         if "name" not in entry:
             raise _fail(w, "'name' is missing (dlg, idlg, invgrad, gradinversion)")
         iters = tuple(_opt_int(v, f"{w}.iterations", 1) for v in _list(entry.get("iterations")))
@@ -278,8 +283,22 @@ def _attacks(raw: Any, where: str) -> tuple[AttackSpec, ...]:
                 create_attack(str(entry["name"]), iterations=it, **options)
             except (SemsimError, TypeError, ValueError) as exc:
                 raise _fail(w, str(exc)) from None
-        out.append(AttackSpec(_name(entry["name"], w), iters, dict(options)))
+        out.append(AttackSpec(_name(entry["name"], w), iters, dict(options),
+                              _client_augment(entry.get("client_augment"), f"{w}.client_augment")))
     return tuple(out)
+
+
+def _client_augment(raw: Any, where: str) -> str:
+    """``train`` or a canonical augmentation spec (``semsim.victims.augment.parse_augment``)."""
+    from semsim.victims.augment import parse_augment
+
+    text = str(raw if raw is not None else "none").strip().lower()
+    if text == "train":
+        return text
+    try:
+        return parse_augment(text).spec
+    except SemsimError as exc:
+        raise _fail(where, f"{exc}, or train (each victim's training augmentation)") from None
 
 
 def _score(raw: Any, base: Path, where: str) -> ScoreSpec | None:

@@ -40,7 +40,8 @@ def _run_attack(task: Task, work: Path) -> dict[str, Any]:
     data = cached_dataset(p["dataset"], p["image_size"], p.get("split"))
     manifest = attack_set(p["victim"], data, p["attack"], work, indices=p["indices"], seed=p["seed"],
                           defense=p["defense"], iterations=p["iterations"], batch_size=p["batch_size"],
-                          device=task.device, show_progress=False, **p["options"])
+                          device=task.device, client_augment=p.get("client_augment", "none"), show_progress=False,
+                          **p["options"])
     ok = manifest["status"].fillna("ok").eq("ok").sum() if "status" in manifest else len(manifest)
     return {"n_images": len(manifest), "n_ok": int(ok)}
 
