@@ -58,6 +58,12 @@ def weighted_roc(score: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> tuple[n
     return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
 
 
+def roc_area(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """Trapezoidal area under ROC points: the AUROC with ties counted one half (a tie group is a diagonal
+    segment), so one sort serves the curve and its area."""
+    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
+
+
 def _set_spearman(pred: np.ndarray, pos: np.ndarray, neg: np.ndarray, codes: np.ndarray) -> float:
     """Spearman's rho across sets between the predictor's mean and the others' (weighted) majority rate."""
     w = pos + neg
@@ -87,7 +93,7 @@ def _slot_rows(data: AnalysisData, judges: np.ndarray, k: int, slot: str, ties: 
     for m in data.metrics:
         s = aligned(data.table[m].to_numpy(), data.directions[m])[keep]
         curve = weighted_roc(s, pos, neg)
-        rows.append({**base, "predictor": m, "image_auroc": float(weighted_auroc(s, pos, neg)),
+        rows.append({**base, "predictor": m, "image_auroc": roc_area(*curve),
                      "image_accuracy": float("nan"), "tpr": float("nan"), "fpr": fpr,
                      "tpr_at_annotator_fpr": float(np.interp(fpr, *curve)),
                      "set_spearman": _set_spearman(s, pos, neg, codes)})
