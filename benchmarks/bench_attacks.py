@@ -191,7 +191,7 @@ def throughput_rows(args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) 
     grads = client_gradients(model, x, y)
     sizes = [int(v) for v in args.batch_sizes.split(",")]
     best: dict[tuple[str, int], dict] = {}
-    failed: set[str] = set()
+    failed: set[tuple[str, int]] = set()
     for _ in range(args.rounds):
         for label in args.engines.split(","):
             engine = EngineOptions.parse(label)

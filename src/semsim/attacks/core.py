@@ -320,7 +320,7 @@ class Attack:
         return z_.clone(), (s_.clone() if s_ is not None else None), ok, ran
 
 
-def _stack_gradients(gradients: Sequence[Any], params: list[torch.Tensor],
+def _stack_gradients(gradients: Sequence[Any], params: Sequence[torch.Tensor],
                      labels: torch.Tensor | Sequence[int] | None) -> list[torch.Tensor]:
     """Bring the accepted gradient forms to one ``(B, *param.shape)`` tensor per parameter."""
     if len(gradients) == 0:

@@ -67,7 +67,7 @@ class GradientModel:
         self.mode = mode
         self.bn_layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.bn_running = [(m.running_mean.detach().clone(), m.running_var.detach().clone())
-                           for m in self.bn_layers if m.running_mean is not None]
+                           for m in self.bn_layers if m.running_mean is not None and m.running_var is not None]
         self._model, self._was_training = model, model.training
         net = model
         if mode == "train" and self.bn_layers:
@@ -80,7 +80,7 @@ class GradientModel:
         self.functional = functional
         # One sample (_single): the network's own parameters when all are trainable and in the asked memory
         # format (no functional_call, whose parameter swapping costs as much as LeNet's forward), else copies.
-        own = dict(net.named_parameters())
+        own: dict[str, torch.Tensor] = dict(net.named_parameters())
         self._own = all(p.requires_grad and self.params[k].data_ptr() == p.data_ptr() for k, p in own.items())
         self._leaves = own if self._own else {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
         self.head_index = head_weight_index(net)
@@ -134,18 +134,17 @@ class GradientModel:
             loss, stats = self._batch_loss(None if self._own else self._leaves, images, targets)
             grads = torch.autograd.grad(loss, list(self._leaves.values()), create_graph=differentiable)
         if not differentiable:
-            grads, stats = [g.detach() for g in grads], [s.detach() for s in stats]
+            grads, stats = tuple(g.detach() for g in grads), [s.detach() for s in stats]
         return [g.unsqueeze(0) for g in grads], [s.unsqueeze(0) for s in stats]
 
     def bn_prior(self, stats: list[torch.Tensor]) -> torch.Tensor:
         """GradInversion's BN prior per sample: sum over layers of ||mu - mu_run|| + ||var - var_run||."""
         if not self.track_bn:
             raise SemsimError("bn_prior needs a GradientModel built with track_bn=True and BatchNorm layers")
-        total = 0
         pairs = zip(stats[::2], stats[1::2], strict=True)
-        for (mean, var), (run_mean, run_var) in zip(pairs, self.bn_running, strict=True):
-            total = total + (mean - run_mean).norm(dim=1) + (var - run_var).norm(dim=1)
-        return total
+        terms = [(mean - run_mean).norm(dim=1) + (var - run_var).norm(dim=1)
+                 for (mean, var), (run_mean, run_var) in zip(pairs, self.bn_running, strict=True)]
+        return torch.stack(terms).sum(0)
 
     def close(self) -> None:
         """Remove the hooks and restore the model's train/eval mode."""

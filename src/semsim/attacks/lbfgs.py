@@ -42,13 +42,12 @@ class BatchedLBFGS:
         b, d = x.shape
         # Ring buffer: slots 0..m-1 hold the steps s, slots m..2m-1 the gradient changes y of the same pairs.
         self.pairs = torch.zeros(b, 2 * history_size, d, dtype=x.dtype, device=x.device)
-        small = {"dtype": torch.float64, "device": x.device}
-        self.sy = torch.zeros(b, history_size, history_size, **small)  # s_i . y_j, oldest first
-        self.yy = torch.zeros_like(self.sy)  # y_i . y_j, oldest first
+        self.sy = torch.zeros(b, history_size, history_size, dtype=torch.float64, device=x.device)  # s_i . y_j
+        self.yy = torch.zeros_like(self.sy)  # y_i . y_j (both oldest first)
         self.h_diag = torch.ones(b, dtype=x.dtype, device=x.device)
         self.head = torch.full((b,), history_size - 1, dtype=torch.long, device=x.device)  # newest slot
-        self.prev_g: torch.Tensor | None = None
-        self.prev_step: torch.Tensor | None = None  # d * t of the last update
+        self.prev_g = torch.zeros_like(x)  # gradient and step (d * t) of the last update
+        self.prev_step = torch.zeros_like(x)
         self.n_iter = 0
         self._rows = torch.arange(b, device=x.device)
         self._age = torch.arange(history_size - 1, -1, -1, device=x.device)  # oldest first
