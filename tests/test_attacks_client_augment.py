@@ -16,14 +16,15 @@ from typer.testing import CliRunner
 
 import semsim.attacks.core as core
 import semsim.attacks.runner as runner
-from helpers import shared_path
+from helpers import shared_path, write_grid
 from semsim.attacks import attack_set
 from semsim.attacks.runner import client_seed
 from semsim.cli import app
 from semsim.data.datasets import load_dataset
 from semsim.data.images import load_image
+from semsim.data.sets import read_manifest
 from semsim.errors import SemsimError
-from semsim.grid import build_plan, parse_grid
+from semsim.grid import build_plan, load_grid, parse_grid, run_plan
 from semsim.models import create_model, model_config
 from semsim.models.checkpoint import save_checkpoint
 
@@ -170,3 +171,22 @@ def test_the_study_grid_transforms_each_victims_attacked_images_with_its_trainin
     raw["victims"] = {"given": {"checkpoint": str(victim)}}
     with pytest.raises(SemsimError, match="client_augment: train needs victims the grid trains"):
         build_plan(parse_grid(raw, tmp_path / "grid.yaml"))
+
+
+def test_a_grid_run_keeps_the_untransformed_images_in_the_merged_set(data_dir, tmp_path) -> None:
+    grid = {"out": "run", "datasets": {"toy": str(data_dir)},
+            "victims": {"lenet/crop": {"train": {"architecture": "lenet", "epochs": 1, "batch_size": 4,
+                                                 "augment": "crop"}}},
+            "defenses": ["none"], "attacks": [{"name": "dlg", "iterations": [2], "client_augment": "train"}],
+            "images": {"n": 4, "shard_size": 2, "seed": 1}, "attack": {"batch_size": 2}}
+    spec = load_grid(write_grid(tmp_path, grid))
+    report = run_plan(build_plan(spec), workers=1, show_progress=False)
+    assert not report.failed and report.merged_sets == ["toy/lenet/crop/client-crop/dlg-2"]
+    folder = spec.out / "sets" / "toy" / "lenet" / "crop" / "client-crop" / "dlg-2"
+    merged = read_manifest(folder / "manifest.csv")
+    ds = load_dataset(data_dir)
+    assert len(merged) == 4 and merged["client_augment"].eq("crop").all()
+    for row in merged.itertuples():
+        assert Path(row.untransformed).parent == folder.resolve()
+        assert torch.equal(load_image(row.untransformed), ds.floats([row.index])[0])
+        assert row.client_seed == client_seed(0, row.index)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from semsim.common.io import atomic_folder, read_table
-from semsim.data.sets import read_manifest, write_manifest
+from semsim.data.sets import PATH_COLUMNS, read_manifest, write_manifest
 from semsim.errors import SemsimError
 from semsim.grid.plan import Plan, Task, is_done, safe_path
 from semsim.metrics.calibrated import load_calibration
@@ -59,7 +59,7 @@ def merge_set(set_name: str, shards: list[Task], folder: Path) -> pd.DataFrame:
             df = read_manifest(Path(t.out) / "manifest.csv")
             failed = (df["status"].fillna("ok").ne("ok") if "status" in df
                       else pd.Series(False, index=df.index))
-            for col in ("original", "reconstruction"):
+            for col in (c for c in PATH_COLUMNS if c in df):  # the images, and the untransformed ones if kept
                 new: list[str | None] = []
                 for p, bad in zip(df[col], failed, strict=True):
                     if pd.isna(p) or (bad and not Path(p).exists()):  # a failed image may have no files
