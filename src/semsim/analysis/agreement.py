@@ -46,8 +46,10 @@ def agreement_table(data: AnalysisData) -> pd.DataFrame:
     if classes is None and codes is None:
         return pd.DataFrame()
     missing_ct = None if classes is None else np.where(classes == CANT_TELL, np.nan, classes)
-    recognized = None if codes is None else np.where(np.isnan(codes), np.nan, (codes == 1).astype(float))
-    rec_missing = None if codes is None else np.where(codes == CANT_TELL, np.nan, recognized)
+    recognized = rec_missing = None
+    if codes is not None:
+        recognized = np.where(np.isnan(codes), np.nan, (codes == 1).astype(float))
+        rec_missing = np.where(codes == CANT_TELL, np.nan, recognized)
     return pd.DataFrame([
         _row("chosen class", "own category", classes),
         _row("chosen class", "missing", missing_ct),

@@ -102,19 +102,19 @@ def _image_rows(data: AnalysisData, replicates: tuple[np.ndarray, str] | None, n
     t = data.table
     pos = majority(t).to_numpy()
     scores = np.stack([aligned(t[m].to_numpy(), data.directions[m]) for m in data.metrics], axis=1)
-    auc, cov = delong_covariance(scores, pos) if 0 < pos.sum() < len(pos) else (None, None)
+    n = len(data.metrics)
+    auc, cov = delong_covariance(scores, pos) if 0 < pos.sum() < len(pos) else (np.full(n, np.nan),
+                                                                                 np.full((n, n), np.nan))
+    unit = replicates[1] if replicates is not None else ""
     rows = []
-    for a, b in itertools.combinations(range(len(data.metrics)), 2):
-        z, p = delong_test(auc, cov, a, b) if auc is not None else (float("nan"),) * 2
+    for a, b in itertools.combinations(range(n), 2):
+        z, p = delong_test(auc, cov, a, b)
         diff = replicates[0][:, a] - replicates[0][:, b] if replicates is not None else np.array([])
         lo, hi = percentile_interval(diff)
         rows.append({"level": "image", "statistic": "auroc", "a": data.metrics[a], "b": data.metrics[b],
-                     "value_a": float(auc[a]) if auc is not None else np.nan,
-                     "value_b": float(auc[b]) if auc is not None else np.nan,
-                     "difference": float(auc[a] - auc[b]) if auc is not None else np.nan, "ci_low": lo,
-                     "ci_high": hi, "ci_resamples": describe(replicates[1], n_boot) if len(diff) else
-                     describe("", 0), "test": "DeLong z", "test_statistic": z, "p": p,
-                     "p_bootstrap": bootstrap_p(diff)})
+                     "value_a": float(auc[a]), "value_b": float(auc[b]), "difference": float(auc[a] - auc[b]),
+                     "ci_low": lo, "ci_high": hi, "ci_resamples": describe(unit, n_boot if len(diff) else 0),
+                     "test": "DeLong z", "test_statistic": z, "p": p, "p_bootstrap": bootstrap_p(diff)})
     return rows
 
 

@@ -224,7 +224,7 @@ def resolve_image(path: object, base_dirs: list[Path]) -> Path | None:
 
 def _readable_pairs(data: AnalysisData, rows: list[int], k: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """The first ``k`` of ``rows`` whose original and reconstruction can be read: (row, original, reconstruction)."""
-    cells = []
+    cells: list[tuple[int, np.ndarray, np.ndarray]] = []
     for i in rows:
         if len(cells) == k:
             break

@@ -110,9 +110,9 @@ def cluster_pair_matrix(score: np.ndarray, positive: np.ndarray, codes: np.ndarr
     n_groups = len(uniques)
     neg = ~positive
     # float32 is exact here: integer counts below 2^24 and their halves
-    kernel = np.zeros(n_groups * n_clusters, np.float32)
-    np.add.at(kernel, group[neg] * n_clusters + codes[neg], 1.0)
-    kernel = kernel.reshape(n_groups, n_clusters)
+    flat = np.zeros(n_groups * n_clusters, np.float32)
+    np.add.at(flat, group[neg] * n_clusters + codes[neg], 1.0)
+    kernel = flat.reshape(n_groups, n_clusters)
     below = np.cumsum(kernel, axis=0, dtype=np.float32)
     below -= 0.5 * kernel  # below each group, plus half of the tied
     counts = sparse.csr_matrix((np.ones(int(positive.sum()), np.float32), (codes[positive], group[positive])),
