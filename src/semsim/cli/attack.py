@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -52,7 +52,7 @@ def attack(
     engine_options = EngineOptions.parse(engine)
     check_writable(out, folder=True)
     dataset = load_dataset(data, image_size=image_size, split=split)
-    options = {k: v for k, v in dict(restarts=restarts, lr=lr, tv=tv, model_mode=model_mode).items()
+    options: dict[str, Any] = {k: v for k, v in dict(restarts=restarts, lr=lr, tv=tv, model_mode=model_mode).items()
                if v is not None}
     manifest = attack_set(victim, dataset, attack, out, n=n, seed=seed, defense=defense,
                           iterations=iterations, batch_size=batch_size, device=device, engine=engine_options,
