@@ -17,6 +17,7 @@ from semsim.analysis import (
     human_ceiling,
     image_level,
     join_scores_labels,
+    metric_comparisons,
     parse_directions,
     resolve_directions,
     set_level,
@@ -24,6 +25,7 @@ from semsim.analysis import (
 from semsim.analysis.data import judge_matrix
 from semsim.analysis.resample import cluster_counts, clustered_auroc, set_draws, weighted_auroc
 from semsim.analysis.stats import auroc_rows, holm, kendall_rows, pearson_rows, spearman_rows
+from semsim.analysis.summary import summary_table
 from semsim.errors import SemsimError
 
 
@@ -228,3 +230,20 @@ def test_infinite_values_keep_their_rank() -> None:
     assert len(data.table) == 30 and np.isfinite(data.table["psnr"]).all()
     assert data.table.loc[4, "psnr"] == data.table["psnr"].max()
     assert any("infinite 'psnr'" in n for n in data.notes)
+
+
+def test_summary_marks_follow_the_holm_adjusted_tests(data) -> None:
+    """best = highest value; '=' when its difference from the best is not significant after Holm; '<' else."""
+    per_set, corr = set_level(data, n_boot=0)
+    overall, _ = image_level(data, n_boot=0)
+    comp = metric_comparisons(data, per_set)
+    summary = summary_table(corr, overall, comp).set_index("metric")
+    image = comp[comp["level"] == "image"]
+    best = overall.set_index("metric")["auroc"].idxmax()
+    assert summary.loc[best, "image_mark"] == "best" and (summary["image_mark"] == "best").sum() == 1
+    for m in data.metrics:
+        if m == best:
+            continue
+        row = image[((image["a"] == m) & (image["b"] == best)) | ((image["a"] == best) & (image["b"] == m))].iloc[0]
+        assert summary.loc[m, "image_mark"] == ("<" if row["p_holm"] < 0.05 else "=")
+    assert summary.loc["noise", "image_mark"] == "<"  # the synthetic noise column is far below psnr / mse
