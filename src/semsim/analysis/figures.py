@@ -239,8 +239,8 @@ def _readable_pairs(data: AnalysisData, rows: list[int], k: int) -> list[tuple[i
     return cells
 
 
-def disagreement_figure(data: AnalysisData, metric: str, k: int = 4) -> Figure | None:
-    """Pairs where ``metric`` and people disagree most: the k images the metric ranks as most leaking that
+def disagreement_figure(data: AnalysisData, metric: str, k: int = 4, who: str = "people") -> Figure | None:
+    """Pairs where ``metric`` and the judges (``who``) disagree most: the k images the metric ranks as most leaking that
     the majority did not recognize, and the k it ranks as least leaking that the majority recognized.
     None when the tables carry no readable image paths."""
     t = data.table
@@ -249,8 +249,8 @@ def disagreement_figure(data: AnalysisData, metric: str, k: int = 4) -> Figure |
     s = aligned(t[metric].to_numpy(), data.directions[metric])
     pos = majority(t).to_numpy()
     order = np.argsort(s, kind="stable")
-    picks = [("metric: most leakage; people: not recognized", [i for i in order[::-1] if not pos[i]]),
-             ("metric: least leakage; people: recognized", [i for i in order if pos[i]])]
+    picks = [(f"metric: most leakage; {who}: not recognized", [i for i in order[::-1] if not pos[i]]),
+             (f"metric: least leakage; {who}: recognized", [i for i in order if pos[i]])]
     groups = [(title, _readable_pairs(data, rows, k)) for title, rows in picks]
     n_rows = max(len(cells) for _, cells in groups)
     if n_rows == 0:

@@ -134,7 +134,7 @@ def _figures(data: AnalysisData, tables: dict[str, pd.DataFrame], probs: pd.Data
     if probs is not None:
         figs["reliability"] = figures.reliability_figure(data, probs)
     for m in data.metrics:
-        fig = figures.disagreement_figure(data, m)
+        fig = figures.disagreement_figure(data, m, who=who)
         if fig is not None:
             figs[f"disagree_{m}"] = fig
     return figs
