@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from semsim.cli.analyze import (
+    AllowMissingOpt,
     DirectionOpt,
     HoldoutOpt,
     ImportOpt,
@@ -66,6 +67,7 @@ def calibrate_cmd(
     level: Annotated[float, typer.Option(min=0.5, max=0.999, help="level of the expected-rate intervals")
                      ] = 0.95,
     seed: Annotated[int, typer.Option(help="seed of the bootstrap refits")] = 0,
+    allow_missing: AllowMissingOpt = False,
 ) -> None:
     """Fit a monotone map from metric values to P(a person recognizes the reconstruction); JSON out.
 
@@ -94,8 +96,9 @@ def calibrate_cmd(
     features = _split(metrics)
     if not features:
         raise SemsimError("--metrics: name at least one metric column to calibrate")
-    score_in, label_in, dirs = _inputs(scores, labels, import_semsim_cifar100, direction)
-    data = join_scores_labels(score_in, label_in, metrics=features, directions=dirs)
+    score_in, label_in, dirs = _inputs(scores, labels, import_semsim_cifar100, direction,
+                                       allow_missing=allow_missing)
+    data = join_scores_labels(score_in, label_in, metrics=features, directions=dirs, allow_missing=allow_missing)
     for note in data.notes:
         typer.echo(f"note: {note}", err=True)
     train = data.table
