@@ -165,11 +165,12 @@ def test_lossy_join_exits_2_with_the_count(tmp_path, monkeypatch, capsys) -> Non
 
 def test_model_labels_say_evaluator_and_warn_on_circularity(tmp_path) -> None:
     scores, labels = synthetic(n_sets=3, n=20)
-    scores = scores.rename(columns={"psnr": "mr_prob"})
+    scores = scores.rename(columns={"psnr": "mr_prob", "mse": "iip_pixel"})
     labels["label_source"] = "model:evaluator-x"
-    report = analyze(scores, labels, tmp_path / "r", directions={"mr_prob": True, "mse": False, "noise": True},
+    report = analyze(scores, labels, tmp_path / "r", directions={"mr_prob": True, "iip_pixel": True, "noise": True},
                      n_boot=0)
     assert any(n.startswith("warning: mr_prob is computed by an evaluation classifier") for n in report.notes)
+    assert not any("iip_pixel is computed" in n for n in report.notes)  # pixel IIP never asks the evaluator
     html = (tmp_path / "r" / "report.html").read_text()
     assert "recognition by the evaluator" in html and "recognized by a majority of the evaluator" in html
 

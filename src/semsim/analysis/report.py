@@ -30,7 +30,8 @@ from semsim.common.io import atomic_write, write_table
 from semsim.common.progress import progress
 from semsim.data.labels import majority
 
-EVALUATOR_METRICS = ("mr", "iip")  # metric families computed by an evaluation classifier
+# columns computed from an evaluation classifier's outputs (iip_pixel and iip_lpips compare images, not the evaluator)
+EVALUATOR_COLUMNS = ("mr_", "iip_feature", "feature_l2", "feature_cosine")
 
 
 @dataclass
@@ -61,7 +62,7 @@ def circularity_notes(data: AnalysisData) -> list[str]:
     if label_kind(data) == "human":
         return []
     sources = ", ".join(sorted(data.table["label_source"].astype(str).unique()))
-    suspects = [m for m in data.metrics if m.split("_")[0] in EVALUATOR_METRICS and not m.startswith("mr_clip_")]
+    suspects = [m for m in data.metrics if m.startswith(EVALUATOR_COLUMNS) and not m.startswith("mr_clip_")]
     return [f"warning: {m} is computed by an evaluation classifier and the labels are model-based ({sources}); "
             "if they come from the same evaluator, their agreement is circular, not evidence of faithfulness"
             for m in suspects]
