@@ -240,8 +240,9 @@ def test_color_conversion_rounds_only_8bit_inputs():
         ssim(x, x, color="lab")
     with pytest.raises(ValueError, match="unknown color"):
         create("psnr", color="grey")
-    assert torch.equal(create("ssim", color="y")(x.float(), x.flip(0).float()), ssim(x.float(), x.flip(0).float(),
-                                                                                  color="y"))
+    module_out = create("ssim", color="y")(x.float(), x.flip(0).float())
+    assert list(module_out) == ["ssim_y"]  # the column says the colour space
+    assert torch.equal(module_out["ssim_y"], ssim(x.float(), x.flip(0).float(), color="y"))
 
 
 # ---- ssim_skimage: the SemSim reference code's convention --------------------------------------------------

@@ -9,6 +9,7 @@ import pytest
 from helpers import run_cli, shared_path
 from semsim.data.images import load_images
 from semsim.data.sets import write_manifest
+from semsim.metrics import column_direction
 from semsim.metrics.pixel import psnr, ssim
 
 
@@ -33,9 +34,12 @@ def test_score_color_writes_the_converted_metrics(color, manifest, tmp_path, mon
     assert code in (0, None), err
     assert f"computed on the {color} image" in err
     table = pd.read_csv(out).sort_values("image_id")
-    assert np.allclose(table["ssim"], ssim(x, y, color=color).numpy(), atol=1e-5)
-    assert np.allclose(table["psnr"], psnr(x, y, color=color).numpy(), atol=1e-4)
-    assert not np.allclose(table["ssim"], ssim(x, y).numpy(), atol=1e-3)
+    assert "ssim" not in table and "psnr" not in table  # the column names say the colour space
+    assert np.allclose(table[f"ssim_{color}"], ssim(x, y, color=color).numpy(), atol=1e-5)
+    assert np.allclose(table[f"psnr_{color}"], psnr(x, y, color=color).numpy(), atol=1e-4)
+    assert not np.allclose(table[f"ssim_{color}"], ssim(x, y).numpy(), atol=1e-3)
+    assert f"ssim_{color}_mean" in pd.read_csv(out.with_name(f"scores_{color}_sets.csv"))
+    assert column_direction(f"ssim_{color}") is True and column_direction(f"mse_{color}") is False
 
 
 def test_score_rejects_unknown_color_and_no_download_stops_fetching(manifest, tmp_path, monkeypatch, capsys):

@@ -150,7 +150,8 @@ def score(
                         batch_size=batch_size, skip_bad=skip_bad, show_progress=not quiet,
                         allow_out_of_range=allow_out_of_range)
     if color != "rgb":
-        result.notes.append(f"mse, psnr, ssim and ms_ssim are computed on the {color} image (--color {color})")
+        result.notes.append(f"mse, psnr, ssim and ms_ssim are computed on the {color} image (--color {color}): "
+                            f"their columns are named mse_{color}, psnr_{color}, ...")
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if len(result.skipped):

@@ -39,12 +39,13 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semsim.metrics.registry import check_pair
+from semsim.metrics.registry import COLOR_COLUMNS, check_pair, color_column
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5  # window radius int(3.5 * 1.5 + 0.5) = 5, i.e. 11 pixels, as in the paper
@@ -294,7 +295,7 @@ def ms_ssim(
     return result
 
 
-COLOR_METRICS = ("mse", "psnr", "ssim", "ms_ssim")  # the registered metrics that take color=
+COLOR_METRICS = COLOR_COLUMNS  # the registered metrics that take color=; their columns get a _gray/_y suffix
 
 
 def color_options(color: str = "rgb") -> dict[str, dict[str, str]]:
@@ -307,25 +308,36 @@ def color_options(color: str = "rgb") -> dict[str, dict[str, str]]:
 
 
 class _PixelMetric(nn.Module):
+    """A colour-aware pixel metric. Outside RGB its score-table column says the colour space (``ssim_gray``,
+    ``psnr_y``), so a table never passes off a grey-image score as the RGB one."""
+
     cpu_threads = 1  # memory-bound: one torch thread is as fast, and leaves the other core to image decoding
+    column = ""  # the registered name, set by each subclass
 
     def __init__(self, data_range: float = 1.0, color: str = "rgb") -> None:
         super().__init__()
         self.data_range = data_range
         self.color = check_color(color)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor | dict[str, torch.Tensor]:
+        value = super().__call__(*args, **kwargs)
+        return value if self.color == "rgb" else {color_column(self.column, self.color): value}
+
 
 class MSE(_PixelMetric):
+    column = "mse"
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return mse(original, reconstruction, self.data_range, color=self.color)
 
 
 class PSNR(_PixelMetric):
+    column = "psnr"
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
         return psnr(original, reconstruction, self.data_range, color=self.color)
 
 
 class SSIM(_PixelMetric):
+    column = "ssim"
     min_size = 2 * ssim_window_radius() + 1  # smallest image side: one whole Gaussian window (11 pixels)
 
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:
@@ -345,6 +357,7 @@ class SSIMSkimage(nn.Module):
 
 
 class MSSSIM(_PixelMetric):
+    column = "ms_ssim"
     """MS-SSIM; below the minimum size the column is NaN and a warning says why (never a made-up value)."""
 
     def forward(self, original, reconstruction, labels=None, original_keys=None) -> torch.Tensor:

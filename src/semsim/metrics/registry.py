@@ -175,11 +175,23 @@ def aligned(values: Any, higher_is_more_leakage: bool) -> np.ndarray:
     return values if higher_is_more_leakage else -values
 
 
+COLOR_COLUMNS = ("mse", "psnr", "ssim", "ms_ssim")  # pixel metrics that also score the grey or Y image
+COLOR_SUFFIXES = ("gray", "y")
+
+
+def color_column(column: str, color: str) -> str:
+    """The score-table column of a pixel metric computed in colour space ``color`` (``ssim_gray``)."""
+    return column if color == "rgb" else f"{column}_{color}"
+
+
 def column_direction(column: str) -> bool | None:
     """``higher_is_more_leakage`` of a score-table column, or None when no registered metric writes it."""
     for info in _REGISTRY.values():
         if column in info.columns:
             return info.columns[column]
+    base, _, suffix = column.rpartition("_")
+    if suffix in COLOR_SUFFIXES and base in COLOR_COLUMNS:
+        return column_direction(base)
     return None
 
 
