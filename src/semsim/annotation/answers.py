@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.engine import Connection
@@ -69,7 +69,8 @@ def store_answers(db: Database, answers: list[AnswerRequest]) -> list[bool | Not
     """Store several checked answers in one transaction (one commit): per answer True (stored), False (that
     assignment was already answered: a duplicate) or a :class:`NotAssigned` error."""
     results: list[bool | NotAssigned] = []
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[int] = set()
     with db.write_connection() as s:
         for annotator_id, item_id, value, submit_id in answers:
             found = s.execute(_FIND, {"person": annotator_id, "item": item_id}).first()

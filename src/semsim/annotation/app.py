@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -324,7 +325,7 @@ def _session_routes(app: FastAPI, ctx: _Site) -> None:
             examples = s.execute(select(Item.id, Item.gold_answer).where(Item.example).order_by(Item.id)).all()
         return ctx.page(request, "instructions.html", {
             "person": person, "csrf": csrf, "info": ctx.info, "paragraphs": _paragraphs(text),
-            "examples": [(item_id, ctx.info.text(answer)) for item_id, answer in examples]})
+            "examples": [(item_id, ctx.info.text(cast(int, answer))) for item_id, answer in examples]})
 
 
 def _task_routes(app: FastAPI, ctx: _Site) -> None:

@@ -43,7 +43,8 @@ def answer_rows(db: Database) -> list[AnswerRow]:
              .order_by(Answer.id))
     with db.connect() as s:  # the driver's own rows: SQLAlchemy's per-row type processing is skipped
         rows = s.exec_driver_sql(str(query.compile(s.engine))).fetchall()
-    return [AnswerRow(*r[:5], bool(r[5]), *r[6:10], str(r[10]).replace(" ", "T")) for r in rows]
+    return [AnswerRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], str(r[10]).replace(" ", "T"))
+            for r in rows]
 
 
 def answers_frame(db: Database) -> pd.DataFrame:

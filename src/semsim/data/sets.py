@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -76,8 +77,10 @@ def _pair_rows(originals: dict[str, Path], reconstructions: dict[str, Path]) -> 
     )
     rows = []
     if semsim_layout:
-        ori_by_id = {ori_parts[s][0]: p for s, p in originals.items()}
-        rec_by_id = {rec_parts[s][0]: (p, rec_parts[s][1]) for s, p in reconstructions.items()}
+        ori_named = cast("dict[str, tuple[str, int, str]]", ori_parts)  # all parsed: the SemSim layout
+        rec_named = cast("dict[str, tuple[str, int, str]]", rec_parts)
+        ori_by_id = {ori_named[s][0]: p for s, p in originals.items()}
+        rec_by_id = {rec_named[s][0]: (p, rec_named[s][1]) for s, p in reconstructions.items()}
         for image_id, (rec_path, label) in rec_by_id.items():
             rows.append({"image_id": image_id, "original": ori_by_id.get(image_id), "reconstruction": rec_path,
                          "label": label})
@@ -190,7 +193,9 @@ def ingest_sets(sources: Sequence[str | os.PathLike], skip_bad: bool = False) ->
     an error (their rows would merge into one set)."""
     if not sources:
         raise SemsimError("no sets given; pass a set folder or manifest (repeat --sets for several)")
-    manifests, skipped, seen = [], [], {}
+    manifests: list[pd.DataFrame] = []
+    skipped: list[pd.DataFrame] = []
+    seen: dict[str, str | os.PathLike] = {}
     for source in sources:
         manifest, bad = ingest(source, skip_bad=skip_bad)
         for name in dict.fromkeys(manifest["set"]):

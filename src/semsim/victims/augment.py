@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,7 +109,7 @@ def _sample(x: torch.Tensor, theta: torch.Tensor, mode: str, fill: float) -> tor
     return out * inside + fill * (1 - inside)
 
 
-def _theta(x: torch.Tensor, rows: list[list[torch.Tensor | float]]) -> torch.Tensor:
+def _theta(x: torch.Tensor, rows: Sequence[Sequence[torch.Tensor | float]]) -> torch.Tensor:
     n = x.shape[0]
     return torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64).expand(n) for v in row], -1)
                         for row in rows], 1)
