@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -100,7 +100,8 @@ def yin_labels(grads: Sequence[torch.Tensor], head_index: int) -> torch.Tensor:
 
 def matching_term(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], scale: float) -> torch.Tensor:
     """``scale * 1/2 * sum_l ||g'_l - g_l||^2`` per sample (breaching's ``Euclidean`` objective)."""
-    return scale * 0.5 * sum((d - t).pow(2).flatten(1).sum(1) for d, t in zip(dummy, target, strict=True))
+    return scale * 0.5 * cast(torch.Tensor, sum((d - t).pow(2).flatten(1).sum(1)
+                                                for d, t in zip(dummy, target, strict=True)))
 
 
 def bn_term(stats: Sequence[torch.Tensor], running: Sequence[tuple[torch.Tensor, torch.Tensor]],
@@ -224,20 +225,21 @@ class GradInversionAttack(Attack):
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.zero_grad(set_to_none=False)
-            total = sum(self.objective(gm, z, tgt, labels, mean, std).values())
+            total = cast(torch.Tensor, sum(self.objective(gm, z, tgt, labels, mean, std).values()))
             if pull is not None:
                 total = total + cfg.group * (z - pull).flatten(1).norm(dim=1)
             total.sum().backward()
             with torch.no_grad():
-                bad = ~torch.isfinite(total) | ~torch.isfinite(z.grad).flatten(1).all(1)
+                grad = cast(torch.Tensor, z.grad)  # set by the backward pass above
+                bad = ~torch.isfinite(total) | ~torch.isfinite(grad).flatten(1).all(1)
                 ok &= ~bad
                 better = ok & (total < best_total)
                 best_total = torch.where(better, total.detach(), best_total)
                 best_z[better] = z.detach()[better]
                 if cfg.langevin:
                     noise = torch.cat([torch.randn((r, *shape), generator=g) for g in noise_gens]).to(device)
-                    z.grad.add_(noise, alpha=cfg.langevin * lr)
-                z.grad[~ok] = 0
+                    grad.add_(noise, alpha=cfg.langevin * lr)
+                grad[~ok] = 0
             opt.step()
             with torch.no_grad():
                 if cfg.boxed:
