@@ -29,6 +29,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -260,8 +261,8 @@ class KID(_FeatureSetMetric):
                  data_range: float = 1.0, subsets: int = KID_SUBSETS, subset_size: int = KID_SUBSET_SIZE,
                  degree: int = 3, gamma: float | None = None, coef: float = 1.0, seed: int = 0) -> None:
         super().__init__(weights, feature_extractor, batch_size, data_range)
-        self.kid_options = dict(subsets=subsets, subset_size=subset_size, degree=degree, gamma=gamma, coef=coef,
-                                seed=seed)
+        self.kid_options: dict[str, Any] = dict(subsets=subsets, subset_size=subset_size, degree=degree,
+                                                gamma=gamma, coef=coef, seed=seed)
 
     def compute(self) -> dict[str, float]:
         """``{"kid": mean, "kid_std": standard deviation over subsets}`` for the pairs added since ``reset``."""

@@ -73,6 +73,9 @@ class LPIPS(nn.Module):
     first (the SemSim reference code's convention with ``resize=256``; see the module doc).
     """
 
+    shift: torch.Tensor  # input normalisation buffers, (1, 3, 1, 1)
+    scale: torch.Tensor
+
     def __init__(
         self,
         net: str = "alex",

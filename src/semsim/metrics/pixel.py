@@ -86,6 +86,7 @@ def to_color(images: torch.Tensor, color: str = "rgb", data_range: float = 1.0) 
     if color == "rgb":
         return images
     rgb = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    weights: tuple[float, ...]
     if color == "gray":
         weights, offset = GRAY_WEIGHTS, 0.0
     else:
