@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -315,7 +316,7 @@ def heldout_evaluation(data: AnalysisData, features: list[str], *, method: str =
 
 def summarize_heldout(per_set: pd.DataFrame, metric: str, split: str) -> dict:
     """The mean over held-out configurations of their figures (equal weight per configuration)."""
-    out = {"metric": metric}
+    out: dict[str, Any] = {"metric": metric}
     for col, name in (("auroc", "auroc"), ("brier", "brier"), ("ece", "ece"), ("bias", "bias"),
                       ("abs_rate_error", "rate_error")):
         out[name] = float(per_set[col].mean())

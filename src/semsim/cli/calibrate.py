@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -106,7 +106,7 @@ def calibrate_cmd(
         (_, test), = split_sets(data.table["set"], holdout)
         train = data.table[~test]
     cal = fit_calibration(train, features, data.directions, method=method, target=target, seed=seed)
-    kw = {"method": method, "target": target, "holdout": holdout, "intervals": True, "level": level}
+    kw: dict[str, Any] = {"method": method, "target": target, "holdout": holdout, "intervals": True, "level": level}
     per_set, _ = heldout_evaluation(data, features, **kw)
     base_per_set, _ = heldout_evaluation(data, [], **kw)
     summary = summarize_heldout(per_set, ", ".join(features), split_name(holdout))

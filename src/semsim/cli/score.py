@@ -7,7 +7,7 @@ pairs are :func:`semsim.metrics.scoring.score_sets`, the same workflow as ``sems
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
@@ -137,13 +137,13 @@ def score(
         check_writable(out, TABLE_SUFFIXES)
     cal = load_calibration(calibration) if calibration is not None else None
     if originals is not None and reconstructions is None and score_table_given(originals, cal):
-        return calibrate_table(originals, cal, out, allow_out_of_range)
+        return calibrate_table(originals, cast("Calibration", cal), out, allow_out_of_range)  # cal: checked
     from semsim.data.sets import ingest, ingest_sets  # torch: only when images are scored
     from semsim.metrics.pixel import color_options
     from semsim.metrics.scoring import score_sets
 
     manifest, skipped = (ingest_sets(sets, skip_bad=skip_bad) if sets else
-                         ingest(originals, reconstructions, set_name=set_name, skip_bad=skip_bad))
+                         ingest(cast(Path, originals), reconstructions, set_name=set_name, skip_bad=skip_bad))
     result = score_sets(manifest, [m.strip() for m in metrics.split(",")] if metrics else None,
                         evaluator=evaluator, semsim=semsim_model, calibration=cal, skipped=skipped, device=device,
                         options=color_options(color),
