@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(STAMP)
