@@ -109,3 +109,47 @@ def make_sets(root: Path, n: int = 12, seed: int = 0) -> tuple[Path, Path]:
     pd.DataFrame(rows).to_csv(manifest, index=False)
     write_labels(pd.DataFrame(labels), root / "labels.csv")
     return manifest, root / "labels.csv"
+
+
+def small_cifar10_folder(out: Path, per_class: int) -> Path:
+    """An image folder of real CIFAR-10 test images: airplane, automobile, bird x ``per_class``."""
+    import shutil
+
+    root = shared_path("cifar10_test")
+    for name in ("airplane", "automobile", "bird"):
+        (out / name).mkdir(parents=True)
+        for k in range(per_class):
+            shutil.copy(root / name / f"{k:04d}.jpg", out / name / f"{k:04d}.jpg")
+    return out
+
+
+def untrained_lenet(folder: Path, **training: str) -> Path:
+    """A seeded, untrained 3-class LeNet checkpoint whose config records ``training``."""
+    import torch
+
+    from semsim.models import create_model, model_config
+    from semsim.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(folder, create_model("lenet", 3),
+                    model_config("lenet", 3, training={"dataset": "/data/cifar10", **training}))
+    return folder
+
+
+def torch_lbfgs(f, start, iterations: int, history: int):
+    """The reference: ``torch.optim.LBFGS`` (no line search, no early stop) run ``iterations`` times on ``f``
+    from ``start``; returns the final point."""
+    import torch
+
+    ref = start.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([ref], lr=1, max_iter=iterations, max_eval=2 * iterations, history_size=history,
+                            tolerance_change=0, tolerance_grad=0)
+
+    def closure():
+        opt.zero_grad()
+        loss = f(ref)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return ref.detach()

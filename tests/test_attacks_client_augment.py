@@ -3,7 +3,6 @@ SemSim's attack scripts do (the attacked image is the training transform of the 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 
 import semsim.attacks.core as core
 import semsim.attacks.runner as runner
-from helpers import shared_path, write_grid
+from helpers import small_cifar10_folder, untrained_lenet, write_grid
 from semsim.attacks import attack_set
 from semsim.attacks.runner import client_seed
 from semsim.cli import app
@@ -25,8 +24,6 @@ from semsim.data.images import load_image
 from semsim.data.sets import read_manifest
 from semsim.errors import SemsimError
 from semsim.grid import build_plan, load_grid, parse_grid, run_plan
-from semsim.models import create_model, model_config
-from semsim.models.checkpoint import save_checkpoint
 
 ARGS = dict(attack="dlg", iterations=2, batch_size=2, show_progress=False)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "semsim_cifar100.yaml"
@@ -36,22 +33,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """Real CIFAR-10 test images: 3 classes x 2 images."""
-    root = shared_path("cifar10_test")
-    out = tmp_path_factory.mktemp("cifar") / "cifar10_small"
-    for name in ("airplane", "automobile", "bird"):
-        (out / name).mkdir(parents=True)
-        for k in range(2):
-            shutil.copy(root / name / f"{k:04d}.jpg", out / name / f"{k:04d}.jpg")
-    return out
+    return small_cifar10_folder(tmp_path_factory.mktemp("cifar") / "cifar10_small", per_class=2)
 
 
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("victim") / "lenet"
-    save_checkpoint(folder, create_model("lenet", 3),
-                    model_config("lenet", 3, training={"dataset": "/data/cifar10", "augment": "crop"}))
-    return folder
+    return untrained_lenet(tmp_path_factory.mktemp("victim") / "lenet", augment="crop")
 
 
 def ats_3_1_7_with_pil(image: np.ndarray, seed: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import shared_path
+from helpers import shared_path, torch_lbfgs
 from semsim.attacks import GradientModel, client_gradients, create_attack, recover_labels
 from semsim.attacks.lbfgs import BatchedLBFGS
 from semsim.data.images import load_images
@@ -56,20 +56,6 @@ def test_batched_lbfgs_matches_torch_and_rows_are_independent():
     def f(x):
         return 0.5 * x @ a @ x - b @ x + 0.1 * x.pow(4).sum()
 
-    def torch_lbfgs(start: torch.Tensor, iterations: int) -> torch.Tensor:
-        ref = start.clone().requires_grad_(True)
-        opt = torch.optim.LBFGS([ref], lr=1, max_iter=iterations, max_eval=2 * iterations, history_size=5,
-                                tolerance_change=0, tolerance_grad=0)
-
-        def closure():
-            opt.zero_grad()
-            loss = f(ref)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        return ref.detach()
-
     starts = torch.randn(2, d)
     xs = torch.stack([starts[0], starts[1], starts[0]])
     mine = BatchedLBFGS(xs, lr=1, history_size=5, tolerance_change=0, tolerance_grad=0)
@@ -80,7 +66,7 @@ def test_batched_lbfgs_matches_torch_and_rows_are_independent():
         active = mine.step(g, active)
         if it in (3, 12):  # every row follows torch.optim.LBFGS run on that row alone
             for row, start in ((0, starts[0]), (1, starts[1])):
-                torch.testing.assert_close(xs[row], torch_lbfgs(start, it), atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(xs[row], torch_lbfgs(f, start, it, 5), atol=1e-5, rtol=1e-5)
     assert torch.equal(xs[0], xs[2])
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import shared_path
+from helpers import shared_path, torch_lbfgs
 from semsim.attacks import GradientModel, attack_set, client_gradients, create_attack
 from semsim.attacks.engine import EngineOptions
 from semsim.attacks.lbfgs import BatchedLBFGS
@@ -28,21 +28,6 @@ def kinked(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     u = c / c.norm()
     along = u @ x
     return c @ x + 0.5 * torch.relu(-along - 2).pow(2) + 0.05 * (x - along * u).pow(2).sum()
-
-
-def torch_lbfgs(f, start: torch.Tensor, iterations: int, history: int) -> torch.Tensor:
-    ref = start.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([ref], lr=1, max_iter=iterations, max_eval=2 * iterations, history_size=history,
-                            tolerance_change=0, tolerance_grad=0)
-
-    def closure():
-        opt.zero_grad()
-        loss = f(ref)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return ref.detach()
 
 
 def test_lbfgs_rows_with_different_histories_each_follow_torch():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 import semsim.attacks.core as core
 import semsim.attacks.runner as runner
-from helpers import shared_path
+from helpers import small_cifar10_folder, untrained_lenet
 from semsim.attacks import attack_set, image_seeds
 from semsim.cli import app
 from semsim.data.datasets import load_dataset
@@ -28,23 +27,12 @@ ARGS = dict(iterations=4, batch_size=2, show_progress=False)
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """A small image folder of real CIFAR-10 test images: 3 classes x 3 images."""
-    root = shared_path("cifar10_test")
-    out = tmp_path_factory.mktemp("cifar") / "cifar10_small"
-    for name in ("airplane", "automobile", "bird"):
-        (out / name).mkdir(parents=True)
-        for k in range(3):
-            shutil.copy(root / name / f"{k:04d}.jpg", out / name / f"{k:04d}.jpg")
-    return out
+    return small_cifar10_folder(tmp_path_factory.mktemp("cifar") / "cifar10_small", per_class=3)
 
 
 @pytest.fixture(scope="module")
 def victim(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    model = create_model("lenet", 3)
-    folder = tmp_path_factory.mktemp("victim") / "lenet"
-    training = {"dataset": "/data/cifar10", "augment": "crop", "defense": "prune-70"}
-    save_checkpoint(folder, model, model_config("lenet", 3, training=training))
-    return folder
+    return untrained_lenet(tmp_path_factory.mktemp("victim") / "lenet", augment="crop", defense="prune-70")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

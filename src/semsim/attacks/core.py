@@ -43,7 +43,7 @@ from semsim.attacks.gradients import (
     OBJECTIVES,
     GradientModel,
     flatten_gradients,
-    input_normalization,
+    normalized_box,
     recover_labels,
     total_variation,
 )
@@ -204,8 +204,7 @@ class Attack:
         b, r = len(gens), cfg.restarts
         n = b * r
         device = target[0].device
-        mean, std = input_normalization(gm.net, shape[0])
-        lo, hi = (0 - mean) / std, (1 - mean) / std
+        mean, std, lo, hi = normalized_box(gm.net, shape[0])
         # Random starts drawn per image from its own generator: an image gets the same start in any batch.
         z0, soft0 = [], []
         for g in gens:

@@ -36,6 +36,14 @@ def input_normalization(model: nn.Module, channels: int) -> tuple[torch.Tensor, 
     return torch.zeros(1, channels, 1, 1, device=device), torch.ones(1, channels, 1, 1, device=device)
 
 
+def normalized_box(model: nn.Module, channels: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mean``, ``std`` of the model's input normalisation and the image box [0, 1] in normalised units
+    (``lo``, ``hi``): attacks optimise normalised images ``z`` and clamp them to that box."""
+    mean, std = input_normalization(model, channels)
+    return mean, std, (0 - mean) / std, (1 - mean) / std
+
+
 def head_weight_index(model: nn.Module) -> int:
     """Position (in ``model.parameters()`` order) of the last linear layer's weight (label recovery)."""
     head = getattr(model, "head", None)

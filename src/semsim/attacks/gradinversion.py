@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from semsim.attacks.core import Attack, AttackConfig, register_attack
-from semsim.attacks.gradients import GradientModel, input_normalization
+from semsim.attacks.gradients import GradientModel, normalized_box
 from semsim.common.progress import progress
 from semsim.errors import SemsimError
 
@@ -203,8 +203,7 @@ class GradInversionAttack(Attack):
         b, r = len(gens), cfg.restarts
         n = b * r
         device = target[0].device
-        mean, std = input_normalization(gm.net, shape[0])
-        lo, hi = (0 - mean) / std, (1 - mean) / std
+        mean, std, lo, hi = normalized_box(gm.net, shape[0])
         z = torch.cat([torch.randn((r, *shape), generator=g) for g in gens]).to(device).requires_grad_(True)
         noise_gens = [torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
                       for g in gens]
