@@ -44,3 +44,27 @@ def test_flags_and_skips_are_not_judgments(tmp_path):
     assert "built-in method" not in page
     assert "<tr><td>setA</td><td>6</td><td>10</td><td>12</td><td>4</td><td>1</td><td>1</td>" in page
     assert 'id="flagged"' in page
+
+
+def test_a_failed_reassignment_shows_on_the_dashboard(tmp_path, monkeypatch):
+    import time
+
+    import semsim.annotation.writer as writer
+
+    db, tokens = make_project(tmp_path, n_items=4, per_item=2, annotators=2)
+
+    def broken_assign(db, move=False):
+        raise RuntimeError("reassignment broke")
+
+    monkeypatch.setattr(writer, "assign", broken_assign)
+    app = create_app(db.url)
+    client = TestClient(app)
+    client.get(f"/start/{tokens['admin']}")
+    assert 'id="top-up-errors"' not in client.get("/admin").text
+    top_up = app.state.writer.top_up
+    top_up.wake()
+    deadline = time.monotonic() + 10
+    while not top_up.errors and time.monotonic() < deadline:
+        time.sleep(0.01)
+    page = client.get("/admin").text
+    assert 'id="top-up-errors"' in page and "RuntimeError: reassignment broke" in page

@@ -426,7 +426,8 @@ def _admin_routes(app: FastAPI, ctx: _Site) -> None:
     @app.get("/admin", response_class=HTMLResponse)
     def dashboard(request: Request) -> Response:
         person, csrf = ctx.admin(request)
-        return ctx.page(request, "admin.html", {"person": person, "csrf": csrf, "d": dashboard_data(ctx.db)})
+        return ctx.page(request, "admin.html", {"person": person, "csrf": csrf, "d": dashboard_data(ctx.db),
+                                                "top_up_errors": ctx.writer.top_up.errors})
 
     @app.post("/admin/annotators", response_class=HTMLResponse)
     def new_annotator(request: Request, name: str = Form(...), csrf: str = Form(...),

@@ -11,7 +11,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
-import pandas as pd
 from sqlalchemy import func, select
 
 from semsim.annotation.agreement import agreement
@@ -45,11 +44,6 @@ def answer_rows(db: Database) -> list[AnswerRow]:
         rows = s.exec_driver_sql(str(query.compile(s.engine))).fetchall()
     return [AnswerRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], str(r[10]).replace(" ", "T"))
             for r in rows]
-
-
-def answers_frame(db: Database) -> pd.DataFrame:
-    """:func:`answer_rows` as a DataFrame (one row per answer)."""
-    return pd.DataFrame(answer_rows(db), columns=list(AnswerRow._fields))
 
 
 def judgments(rows: Iterable[AnswerRow]) -> list[AnswerRow]:

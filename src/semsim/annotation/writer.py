@@ -96,7 +96,6 @@ class TopUp:
 
     def __init__(self, db: Database):
         self.db = db
-        self.runs = 0
         self.errors: list[str] = []
         self._wake = threading.Event()
         self._closed = False
@@ -114,9 +113,8 @@ class TopUp:
             self._wake.clear()
             try:
                 assign(self.db, move=False)
-            except Exception as exc:  # kept for the dashboard; the next skip tries again
+            except Exception as exc:  # shown on the admin dashboard; the next skip tries again
                 self.errors = [*self.errors[-9:], f"{type(exc).__name__}: {exc}"]
-            self.runs += 1
 
     def close(self) -> None:
         self._closed = True
